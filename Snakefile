@@ -1,0 +1,24 @@
+# pcamflow: the table of contents. Logic lives in src/pcamflow; rules in rules/*.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"
+include: "rules/evaluate.smk"
+include: "rules/benchmark.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,1 @@
+# Stage rules: aggregate (see rules/common.smk for path patterns).

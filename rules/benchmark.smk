@@ -1,0 +1,1 @@
+# Stage rules: benchmark (see rules/common.smk for path patterns).

@@ -1,0 +1,85 @@
+# Shared helpers: config validation, every path pattern (written once, here), input functions.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+import pandas as pd
+from snakemake.utils import Paramspace
+
+from pcamflow import constants
+from pcamflow.config import grid_points, validate_config
+from pcamflow.errors import PcamflowError
+
+try:
+    config = validate_config(config)
+    GRID = pd.DataFrame(grid_points(config))
+except PcamflowError as err:
+    raise WorkflowError(f"pcamflow config: {err}") from None
+
+SPLITS = list(constants.SPLITS)
+PARAMSPACE = Paramspace(GRID, filename_params="*", param_sep="~")
+
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    kind="x|y",
+    seed=r"-?\d+",
+    model=r"[a-z][a-z0-9]*",
+    lr=r"[0-9.eE+-]+",
+    batch_size=r"\d+",
+    optimizer=r"[a-z]+",
+    partition=r"[A-Za-z0-9_]+",
+
+
+# ---- path patterns: every output path in the workflow is built from these ----
+RESULTS = Path("results")
+LOGS = RESULTS / "logs"
+BENCHMARKS = RESULTS / "benchmarks"
+SYNTH_DIR = RESULTS / "data" / "synthetic"
+RAW_DIR = Path(config["data_dir"]) if config["dataset"] == "pcam" else SYNTH_DIR
+RAW_H5 = str(RAW_DIR / constants.FILE_PATTERN)  # wildcards: split, kind
+RAW_META = str(RAW_DIR / constants.META_PATTERN)  # wildcards: split
+SYNTH_RECORD = SYNTH_DIR / "planted.json"
+AUDIT_DIR = RESULTS / "audit"
+AUDIT_JSON = str(AUDIT_DIR / "{split}.json")
+AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
+AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
+AUDIT_CROSS = AUDIT_DIR / "cross_split.json"
+PREPARED = RESULTS / "prepared"
+GRID_POINT = PARAMSPACE.wildcard_pattern  # model~{model}/lr~{lr}/...
+RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
+# Resume state lives outside every declared output, so a failed job's cleanup keeps it.
+STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
+RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
+SUMMARY = RESULTS / "summary"
+THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
+
+
+def raw_files(split):
+    return [RAW_H5.format(split=split, kind=k) for k in ("x", "y")]
+
+
+def all_raw_files():
+    return [f for s in SPLITS for f in raw_files(s)]
+
+
+def run_file(name, **wildcards):
+    return str(Path(RUN_DIR) / name).format(**wildcards)
+
+
+def all_runs():
+    """One entry per (grid point, seed): the wildcards of a training run."""
+    return [dict(point, seed=seed) for point in GRID.to_dict("records") for seed in config["seeds"]]
+
+
+def all_run_files(name):
+    return [run_file(name, **run) for run in all_runs()]
+
+
+# Each stage appends its final outputs here (rules/*.smk), and `rule all` asks for them.
+TARGETS = []
+
+
+def all_targets():
+    return TARGETS

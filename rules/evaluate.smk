@@ -1,0 +1,1 @@
+# Stage rules: evaluate (see rules/common.smk for path patterns).

@@ -1,0 +1,1 @@
+# Stage rules: train (see rules/common.smk for path patterns).

@@ -1,0 +1,124 @@
+"""The `pcamflow` command: one subcommand per library entry point; user errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import PcamflowError
+
+# subcommand -> (module, function): imported only when that subcommand runs, so `pcamflow synth`
+# does not pay for importing torch.
+COMMANDS = {
+    "synth": ("pcamflow.synth", "cli_main"),
+    "audit": ("pcamflow.audit", "cli_main"),
+    "prepare": ("pcamflow.prepare", "cli_main"),
+    "train": ("pcamflow.train", "cli_main"),
+    "bench": ("pcamflow.bench", "cli_main"),
+    "download": ("pcamflow.download", "cli_main"),
+    "cost": ("pcamflow.cost", "cli_main"),
+    "predict": ("pcamflow.predict", "cli_main"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcamflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, add in _PARSERS.items():
+        add(sub)
+    return parser
+
+
+def _synth(sub):
+    p = sub.add_parser("synth", help="write synthetic PCAM-format H5 files")
+    p.add_argument("--out", required=True, help="directory for the six .h5 files and meta CSVs")
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-valid", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--poison", action="store_true", help="course-style float32 copy with planted faults")
+
+
+def _audit(sub):
+    p = sub.add_parser("audit", help="audit one split of raw PCAM H5 files")
+    p.add_argument("--x", required=True, help="the split's _x.h5 file")
+    p.add_argument("--y", required=True, help="the split's _y.h5 file")
+    p.add_argument("--out", required=True, help="audit JSON to write")
+
+
+def _prepare(sub):
+    p = sub.add_parser("prepare", help="write the clean uint8 store from raw PCAM H5 files")
+    p.add_argument("--raw-dir", required=True)
+    p.add_argument("--out", required=True)
+
+
+def _train(sub):
+    p = sub.add_parser("train", help="run one training run outside Snakemake")
+    p.add_argument("--config", required=True, help="run config YAML")
+    p.add_argument("--out", required=True, help="run directory")
+
+
+def _bench(sub):
+    p = sub.add_parser("bench", help="measure img/s of one configuration and append a CSV row")
+    p.add_argument("--mode", required=True, choices=["data", "naive", "forward", "train"])
+    p.add_argument(
+        "--data", required=True, help="prepared store (naive: a raw _x.h5 with its _y.h5 beside it)"
+    )
+    p.add_argument("--model", default="cnn")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", required=True, help="CSV to append a row to")
+
+
+def _download(sub):
+    p = sub.add_parser("download", help="download and verify the real PCAM files")
+    p.add_argument("--data-dir", required=True)
+
+
+def _cost(sub):
+    p = sub.add_parser("cost", help="estimate runs, GPU-hours and SBU of a config")
+    p.add_argument("--config", required=True)
+
+
+def _predict(sub):
+    p = sub.add_parser("predict", help="predict tiles with an exported model bundle")
+    p.add_argument("--model", required=True, help="bundle directory")
+    p.add_argument("--input", required=True, nargs="+")
+    p.add_argument("--out", required=True)
+
+
+_PARSERS = {
+    "synth": _synth,
+    "audit": _audit,
+    "prepare": _prepare,
+    "train": _train,
+    "bench": _bench,
+    "download": _download,
+    "cost": _cost,
+    "predict": _predict,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    module_name, func = COMMANDS[args.command]
+    try:
+        handler = getattr(importlib.import_module(module_name), func)
+        return int(handler(args) or 0)
+    except PcamflowError as err:
+        print(f"pcamflow: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pcamflow: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

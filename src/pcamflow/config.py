@@ -1,0 +1,112 @@
+"""Configuration: one JSON Schema (schema.yaml) gives every key its type, default and description."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from .errors import PcamflowError
+
+SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a grid point
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class):
+    """A validator that fills in each property's default before descending into it."""
+    check_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                sub = _resolve(validator, sub)
+                if "default" in sub:
+                    instance.setdefault(name, copy.deepcopy(sub["default"]))
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _resolve(validator, sub: dict) -> dict:
+    if "$ref" in sub:
+        return validator.schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+    return sub
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate(cfg: dict, schema: dict | None = None, source: str = "config") -> dict:
+    """Return a copy of cfg with defaults filled in; raise PcamflowError naming the bad key."""
+    cfg = copy.deepcopy(cfg) if cfg is not None else {}
+    schema = schema or load_schema()
+    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise PcamflowError(f"{source}: {describe_error(errors[0])}")
+    return cfg
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    return validate(cfg, source=source)
+
+
+def validate_training(settings: dict, source: str = "training") -> dict:
+    """Validate a `training:` block on its own (used by `pcamflow train`)."""
+    schema = load_schema()
+    sub = dict(schema["$defs"]["training"], **{"$defs": schema["$defs"]})
+    return validate(settings, sub, source)
+
+
+def describe_error(error: jsonschema.ValidationError) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        where = f" in '{key}'" if error.absolute_path else ""
+        return f"unknown key {', '.join(repr(u) for u in unknown)}{where}{hint}"
+    if error.validator == "enum":
+        return f"key '{key}': {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "minItems" and error.validator_value == 1:
+        return f"key '{key}': the list is empty; give at least one value"
+    return f"key '{key}': {error.message}"
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML mapping, turning a missing or malformed file into one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise PcamflowError(f"{path}: no such file")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise PcamflowError(f"{path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise PcamflowError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def grid_points(cfg: dict) -> list[dict]:
+    """Every combination of the grid's values, in a stable order (keys as in the config)."""
+    grid = cfg["grid"]
+    for key in GRID_KEYS:
+        if not grid.get(key):
+            raise PcamflowError(f"config key 'grid.{key}': the list is empty; give at least one value")
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
