@@ -7,11 +7,11 @@ if config["dataset"] == "synthetic":
             h5=expand(RAW_H5, split=SPLITS, kind=["x", "y"]),
             meta=expand(RAW_META, split=SPLITS),
             record=SYNTH_RECORD,
-        params:
-            settings=config["synthetic"],
         log:
             LOGS / "synthesize.log",
         benchmark:
             BENCHMARKS / "synthesize.tsv"
+        params:
+            settings=config["synthetic"],
         script:
             "../workflow_scripts/synthesize.py"

@@ -26,7 +26,7 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcamflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, add in _PARSERS.items():
+    for add in _PARSERS.values():
         add(sub)
     return parser
 
