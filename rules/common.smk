@@ -15,7 +15,7 @@ try:
     config = validate_config(config)
     GRID = pd.DataFrame(grid_points(config))
 except PcamflowError as err:
-    raise WorkflowError(f"pcamflow config: {err}") from None
+    raise WorkflowError(str(err)) from None
 
 SPLITS = list(constants.SPLITS)
 PARAMSPACE = Paramspace(GRID, filename_params="*", param_sep="~")

@@ -1,0 +1,53 @@
+"""Shared test helpers: a private copy of the workflow and a way to run Snakemake in it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "report", "config", "src", "profiles", "envs")
+
+
+def make_workflow_copy(dest: Path) -> Path:
+    """A directory that looks like the repository (symlinks) but keeps results/ and .snakemake/ apart."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        if (REPO / part).exists():
+            (dest / part).symlink_to(REPO / part)
+    return dest
+
+
+@pytest.fixture
+def workflow_dir(tmp_path) -> Path:
+    return make_workflow_copy(tmp_path / "wf")
+
+
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: float = 1200
+) -> subprocess.CompletedProcess:
+    """Run Snakemake in workdir with this interpreter; on failure show its output."""
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+def pcamflow(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run the `pcamflow` command line as a user would."""
+    cmd = [sys.executable, "-m", "pcamflow.cli", *args]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"pcamflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
