@@ -53,6 +53,7 @@ RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
 STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
 RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
 SUMMARY = RESULTS / "summary"
+CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 
 

@@ -11,6 +11,8 @@ if config["dataset"] == "synthetic":
             LOGS / "synthesize.log",
         benchmark:
             BENCHMARKS / "synthesize.tsv"
+        conda:
+            CONDA_ENV
         params:
             settings=config["synthetic"],
         script:

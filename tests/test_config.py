@@ -1,0 +1,82 @@
+"""Config validation: defaults filled, typos and bad values rejected with a message naming the key."""
+
+import pytest
+import yaml
+from conftest import REPO, snakemake
+
+from pcamflow.config import grid_points, load_schema, validate_config
+from pcamflow.errors import PcamflowError
+
+
+def _walk(schema, path="", defs=None):
+    defs = defs or schema.get("$defs", {})
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[-1]]
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}".lstrip("."), defs)
+
+
+def test_every_key_has_description_type_and_default():
+    for path, node in _walk(load_schema()):
+        if not path:
+            continue
+        assert "description" in node, path
+        assert "type" in node, path
+        assert "default" in node, path
+        if node["type"] == "object" and "properties" in node:
+            assert node.get("additionalProperties") is False, path
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+def test_shipped_configs_validate(name):
+    validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
+
+
+def test_defaults_are_filled():
+    cfg = validate_config({})
+    assert cfg["dataset"] == "synthetic"
+    assert cfg["training"]["epochs"] >= 1
+    assert cfg["evaluate"]["target_recall"] == 0.95
+
+
+def test_typo_names_the_key():
+    with pytest.raises(PcamflowError, match=r"unknown key 'epoch' in 'training'"):
+        validate_config({"training": {"epoch": 3}})
+
+
+def test_top_level_typo_names_the_key():
+    with pytest.raises(PcamflowError, match=r"unknown key 'sedes'"):
+        validate_config({"sedes": [1]})
+
+
+def test_bad_value_names_the_key():
+    with pytest.raises(PcamflowError, match=r"grid.model.0.*'vgg'"):
+        validate_config({"grid": {"model": ["vgg"]}})
+
+
+def test_empty_grid_and_seed_lists_are_rejected():
+    with pytest.raises(PcamflowError, match=r"'seeds'.*empty"):
+        validate_config({"seeds": []})
+    with pytest.raises(PcamflowError, match=r"'grid.lr'.*empty"):
+        validate_config({"grid": {"lr": []}})
+
+
+def test_grid_points_are_the_full_product():
+    cfg = validate_config({"grid": {"model": ["mlp", "cnn"], "lr": [0.1, 0.01], "optimizer": ["adam"]}})
+    points = grid_points(cfg)
+    assert len(points) == 4
+    assert {p["model"] for p in points} == {"mlp", "cnn"}
+    assert all(p["batch_size"] == 64 for p in points)
+
+
+def test_snakemake_rejects_typo_before_any_job(workflow_dir):
+    proc = snakemake(workflow_dir, "-n", "--config", "training={'epoch': 3}", check=False)
+    assert proc.returncode != 0
+    assert "unknown key 'epoch' in 'training'" in proc.stdout + proc.stderr
+    assert not (workflow_dir / "results").exists()
+
+
+def test_dry_run_of_default_config_plans(workflow_dir):
+    proc = snakemake(workflow_dir, "-n", "--quiet", "rules")
+    assert proc.returncode == 0
