@@ -18,7 +18,15 @@ except PcamflowError as err:
     raise WorkflowError(str(err)) from None
 
 SPLITS = list(constants.SPLITS)
-PARAMSPACE = Paramspace(GRID, filename_params="*", param_sep="~")
+# one directory level per grid key: results/runs/model~cnn/lr~0.001/batch_size~64/optimizer~adam/seed~42
+PARAMSPACE = Paramspace(GRID, param_sep="~")
+# grid point path -> typed values, built once: a dict lookup per job keeps planning a large sweep fast
+_POINTS = {PARAMSPACE.wildcard_pattern.format(**p): p for p in grid_points(config)}
+
+
+def grid_point(wildcards):
+    """The typed grid values (model, lr, ...) of a job's wildcards."""
+    return _POINTS[PARAMSPACE.wildcard_pattern.format(**{k: getattr(wildcards, k) for k in GRID.columns})]
 
 
 wildcard_constraints:
@@ -53,8 +61,37 @@ RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
 STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
 RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
 SUMMARY = RESULTS / "summary"
+# sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluate.smk)
+RUNS_CSV = SUMMARY / "runs.csv"
+METRICS_AVG = SUMMARY / "metrics_avg.csv"
+METRICS_AVG_HTML = SUMMARY / "metrics_avg.html"
+CHAMPION_JSON = SUMMARY / "champion.json"
+PARALLEL_PLOT = SUMMARY / "parallel_coordinates.png"
+EPOCH_CURVES = str(SUMMARY / "curves" / GRID_POINT / "epochs.png")
+STEP_CURVES = str(SUMMARY / "curves" / GRID_POINT / "steps.png")
+SWEEP_TENSORBOARD = SUMMARY / "tensorboard"
+EVALUATION = RESULTS / "evaluation"
+PREDICTIONS = EVALUATION / "predictions.npz"
+EVALUATE_JSON = SUMMARY / "evaluate.json"
+EVALUATE_CSV = SUMMARY / "evaluate.csv"
+EVALUATE_HTML = SUMMARY / "evaluate.html"
+CONFUSION_PLOT = EVALUATION / "confusion.png"
+ROC_PR_PLOT = EVALUATION / "roc_pr.png"
+SLICES_CSV = SUMMARY / "slices.csv"
+SLICES_HTML = SUMMARY / "slices.html"
+GALLERY_FN = EVALUATION / "false_negatives.png"
+GALLERY_FP = EVALUATION / "false_positives.png"
+REPRO_JSON = SUMMARY / "reproducibility.json"
+REPRO_HTML = SUMMARY / "reproducibility.html"
+REPRO_RUN = RESULTS / "reproducibility" / "twin"
+REPRO_STATE = RESULTS / "state" / "reproducibility"
+# the champion's model bundle and the offline handover tarball (rules/export.smk)
+BUNDLE_DIR = RESULTS / "bundle" / "model"
+BUNDLE_TAR = RESULTS / "bundle.tar.gz"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
+THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
+THROUGHPUT_PLOT = SUMMARY / "throughput_scaling.png"
 
 
 def raw_files(split):

@@ -17,3 +17,70 @@ if config["dataset"] == "synthetic":
             settings=config["synthetic"],
         script:
             "../workflow_scripts/synthesize.py"
+
+
+# ---- audit (per split, then across splits) and prepare: pcamflow.audit, pcamflow.prepare ----
+from pcamflow.store import MANIFEST_FILE, store_files
+
+
+rule audit:
+    input:
+        x=RAW_H5.replace("{kind}", "x"),
+        y=RAW_H5.replace("{kind}", "y"),
+    output:
+        json=report(AUDIT_JSON, caption="../report/audit.rst", category="data", subcategory="audit"),
+        plot=report(AUDIT_PLOT, caption="../report/audit_plot.rst", category="data", subcategory="audit"),
+        hashes=AUDIT_HASHES,
+    log:
+        LOGS / "audit" / "{split}.log",
+    benchmark:
+        BENCHMARKS / "audit" / "{split}.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        settings=config["audit"],
+    script:
+        "../workflow_scripts/audit.py"
+
+
+rule audit_cross:
+    input:
+        hashes=expand(AUDIT_HASHES, split=SPLITS),
+        audits=expand(AUDIT_JSON, split=SPLITS),
+    output:
+        report(AUDIT_CROSS, caption="../report/audit_cross.rst", category="data", subcategory="audit"),
+    log:
+        LOGS / "audit" / "cross_split.log",
+    conda:
+        CONDA_ENV
+    params:
+        splits=SPLITS,
+    script:
+        "../workflow_scripts/audit_cross.py"
+
+
+rule prepare:
+    input:
+        x=expand(RAW_H5, split=SPLITS, kind="x"),
+        y=expand(RAW_H5, split=SPLITS, kind="y"),
+        audits=expand(AUDIT_JSON, split=SPLITS),
+        cross=AUDIT_CROSS,
+    output:
+        store_files(PREPARED, SPLITS),
+    log:
+        LOGS / "prepare.log",
+    benchmark:
+        BENCHMARKS / "prepare.tsv"
+    conda:
+        CONDA_ENV
+    params:
+        splits=SPLITS,
+        out_dir=lambda wildcards, output: Path(output[0]).parent,
+        settings=config["prepare"],
+        block_size=config["audit"]["block_size"],
+    script:
+        "../workflow_scripts/prepare.py"
+
+
+TARGETS.extend(expand(AUDIT_JSON, split=SPLITS) + expand(AUDIT_PLOT, split=SPLITS))
+TARGETS.extend([AUDIT_CROSS, PREPARED / MANIFEST_FILE])

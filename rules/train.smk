@@ -1,1 +1,45 @@
-# Stage rules: train (see rules/common.smk for path patterns).
+# Stage rules: train (see rules/common.smk for path patterns). One job per (grid point, seed);
+# its outputs are RUN_FILES in RUN_DIR plus the TensorBoard events.
+from pcamflow.store import store_files
+
+RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
+
+
+rule train:
+    input:
+        store_files(PREPARED, SPLITS),
+    output:
+        history=f"{RUN_DIR}/history.json",
+        metrics=report(
+            f"{RUN_DIR}/metrics.csv",
+            caption="../report/training_metrics.rst",
+            category="training",
+            subcategory="{model}",
+            labels={**RUN_LABELS, "seed": "{seed}"},
+        ),
+        run=f"{RUN_DIR}/run.json",
+        best=f"{RUN_DIR}/checkpoint_best.pt",
+        last=f"{RUN_DIR}/checkpoint_last.pt",
+        tensorboard=directory(f"{RUN_DIR}/tensorboard"),
+    log:
+        str(LOGS / "train" / GRID_POINT / "seed~{seed}.log"),
+    benchmark:
+        str(BENCHMARKS / "train" / GRID_POINT / "seed~{seed}.tsv")
+    conda:
+        CONDA_ENV
+    threads: config["training"]["threads"]
+    resources:
+        # the train and valid arrays are read into memory (memory-mapped when they would not fit)
+        mem_mb=lambda wildcards, input: 2000 + int(2 * input.size_mb),
+    params:
+        point=grid_point,
+        seed=lambda wildcards: int(wildcards.seed),
+        training=config["training"],
+        data=lambda wildcards, input: str(Path(input[0]).parent),  # the prepared store
+        # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
+        state_dir=STATE_DIR,
+    script:
+        "../workflow_scripts/train.py"
+
+
+TARGETS.extend(all_run_files("history.json"))

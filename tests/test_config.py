@@ -28,7 +28,7 @@ def test_every_key_has_description_type_and_default():
             assert node.get("additionalProperties") is False, path
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "pcam.yaml"])
 def test_shipped_configs_validate(name):
     validate_config(yaml.safe_load((REPO / "config" / name).read_text()))
 

@@ -34,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(sub):
     p = sub.add_parser("synth", help="write synthetic PCAM-format H5 files")
     p.add_argument("--out", required=True, help="directory for the six .h5 files and meta CSVs")
-    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-valid", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--poison", action="store_true", help="course-style float32 copy with planted faults")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes rendering tiles (same files for any number)"
+    )
 
 
 def _audit(sub):
@@ -46,18 +49,41 @@ def _audit(sub):
     p.add_argument("--x", required=True, help="the split's _x.h5 file")
     p.add_argument("--y", required=True, help="the split's _y.h5 file")
     p.add_argument("--out", required=True, help="audit JSON to write")
+    p.add_argument("--plot", help="PNG to write (intensity histogram, class balance, fault counts)")
+    p.add_argument("--hashes", help=".npy of per-tile hashes to write (for cross-split duplicates)")
+    p.add_argument("--block-size", type=int, help="tiles read per block (default: config schema's)")
+    p.add_argument("--black-max", type=int, help="a tile whose every value is at most this is black")
+    p.add_argument("--white-min", type=int, help="a tile whose every value is at least this is white")
 
 
 def _prepare(sub):
     p = sub.add_parser("prepare", help="write the clean uint8 store from raw PCAM H5 files")
-    p.add_argument("--raw-dir", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--raw-dir", required=True, help="directory holding the six PCAM .h5 files")
+    p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--audit-dir", help="audits ({split}.json, cross_split.json); computed here when absent")
+    p.add_argument("--block-size", type=int, help="tiles read per block (default: config schema's)")
+    p.add_argument(
+        "--drop-black-white-from",
+        help="comma-separated splits to drop black/white tiles from (default: train)",
+    )
+    p.add_argument(
+        "--keep-cross-split-duplicates",
+        action="store_true",
+        help="keep train tiles that also occur in valid/test",
+    )
 
 
 def _train(sub):
-    p = sub.add_parser("train", help="run one training run outside Snakemake")
+    p = sub.add_parser(
+        "train",
+        help="run one training run outside Snakemake",
+        description="Train one run config {data, model, lr, batch_size, optimizer, seed, training}. "
+        "A run that finds a checkpoint in its state directory resumes from it; on SIGTERM/SIGUSR1 it "
+        "checkpoints and exits 75.",
+    )
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--state-dir", help="where resume checkpoints live (default: OUT/state)")
 
 
 def _bench(sub):
@@ -74,23 +100,56 @@ def _bench(sub):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", required=True, help="CSV to append a row to")
+    p.add_argument("--partition", default="", help="label written in the row's partition column")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
 
 
 def _download(sub):
-    p = sub.add_parser("download", help="download and verify the real PCAM files")
-    p.add_argument("--data-dir", required=True)
+    p = sub.add_parser("download", help="download and verify the real PCAM files missing from --data-dir")
+    p.add_argument(
+        "--data-dir", required=True, help="directory for the six .h5 files (present ones are kept)"
+    )
+    p.add_argument("--base-url", help="where the .gz files live (default: Zenodo record 2546921)")
+    p.add_argument("--retries", type=int, help="resumed attempts per file after an interruption")
+    p.add_argument("--meta", action="store_true", help="also fetch the meta CSVs (best effort, no md5)")
 
 
 def _cost(sub):
-    p = sub.add_parser("cost", help="estimate runs, GPU-hours and SBU of a config")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser("cost", help="estimate runs, GPU-hours and SBU of a config on Snellius")
+    p.add_argument("--config", required=True, help="workflow config YAML (e.g. config/pcam.yaml)")
+    p.add_argument(
+        "--train-tiles",
+        type=int,
+        help="training tiles per epoch (default: full PCAM's 262144; the course subset has 157286)",
+    )
 
 
 def _predict(sub):
-    p = sub.add_parser("predict", help="predict tiles with an exported model bundle")
-    p.add_argument("--model", required=True, help="bundle directory")
-    p.add_argument("--input", required=True, nargs="+")
-    p.add_argument("--out", required=True)
+    p = sub.add_parser(
+        "predict",
+        help="predict tiles with an exported model bundle",
+        epilog="Exit status: 0 all inputs predicted, 1 some inputs skipped (listed in the CSV), 2 error.",
+    )
+    p.add_argument("--model", required=True, help="bundle directory (results/bundle/model)")
+    p.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="PCAM _x.h5 files, folders of PNG/TIFF tiles, or image files",
+    )
+    p.add_argument("--out", required=True, help="CSV to write: one row per tile")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="average over the 8 D4 flips and rotations (default: as when the bundle's threshold was chosen)",
+    )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=256, help="tiles per forward pass")
+    p.add_argument(
+        "--resize",
+        action="store_true",
+        help="convert images that are not 96 x 96 RGB instead of refusing them",
+    )
 
 
 _PARSERS = {

@@ -1,0 +1,150 @@
+"""The audit: faults found with their indices, sizes explained, duplicates within and across splits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from conftest import pcamflow
+from pcam_fixtures import alternating_labels, random_tiles, write_split
+
+from pcamflow.audit import FAULTS, audit_split, cross_split_duplicates, load_hashes, tile_hash
+from pcamflow.rawdata import split_paths
+from pcamflow.synth import write_synthetic
+
+THRESHOLDS = {"black_max": 10, "white_min": 245}
+
+# where the hand-built float32 split below holds each fault
+PLANTED = {"nan": [3], "inf": [4, 17], "out_of_range": [5, 11], "black": [6], "white": [7]}
+DUPLICATE_PAIR = [8, 9]
+
+
+def faulty_split(tmp_path, dtype=np.float32):
+    """20 float tiles with faults at PLANTED and one duplicate pair; returns (x, y) paths and tiles."""
+    x = random_tiles(20, seed=1, dtype=dtype)
+    x[3, 0, 0, 0] = np.nan
+    x[4, 1, 1, 1] = np.inf
+    x[17, 2, 2, 2] = -np.inf
+    x[5, 10, 10, 0] = 7000.0
+    x[11, 5, 5, 2] = -40.0
+    x[6] = 0.0
+    x[7] = 255.0
+    x[9] = x[8]
+    y = np.array([1, 1, 1] + [0] * 17, np.uint8)
+    return (*write_split(tmp_path, "train", x, y), x)
+
+
+def audit(x_path, y_path, block_size=7, **kw):
+    return audit_split(x_path, y_path, block_size=block_size, **THRESHOLDS, **kw)
+
+
+def test_audit_finds_each_fault_with_its_indices(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    report = audit(x_path, y_path).report
+    assert {f: report["faults"][f]["indices"] for f in FAULTS} == PLANTED
+    assert {f: report["faults"][f]["tiles"] for f in FAULTS} == {f: len(i) for f, i in PLANTED.items()}
+    assert report["faults"]["out_of_range"]["values"] == 2
+    assert report["value_range"] == {"min": -40.0, "max": 7000.0, "of": "finite raw values"}
+    assert report["duplicates"]["groups"] == [DUPLICATE_PAIR]
+
+
+def test_audit_reports_dtype_size_and_the_reason_for_it(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    report = audit(x_path, y_path).report
+    assert report["dtype"] == {"x": "float32", "y": "uint8"}
+    assert report["itemsize"] == 4
+    assert report["shapes"] == {"x": [20, 96, 96, 3], "y": [20, 1, 1, 1]}
+    assert report["size"]["x_bytes"] == x_path.stat().st_size
+    assert report["size"]["uint8_bytes"] == 20 * 96 * 96 * 3
+    assert report["size"]["ratio_to_uint8"] == pytest.approx(4.0, rel=0.01)
+    assert "4x the uint8 size" in report["size"]["reason"]
+
+
+def test_audit_reports_files_md5_class_balance_and_meta(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    report = audit(x_path, y_path).report
+    assert report["files"]["md5"]["x"] == hashlib.md5(x_path.read_bytes()).hexdigest()
+    assert report["files"]["md5"]["y"] == hashlib.md5(y_path.read_bytes()).hexdigest()
+    assert report["class_balance"] == {"0": 17, "1": 3, "positive_fraction": 0.15}
+    assert report["files"]["meta"]["found"] is False
+    (tmp_path / "camelyonpatch_level_2_split_train_meta.csv").write_text("coord_y,coord_x\n")
+    assert audit(x_path, y_path).report["files"]["meta"]["found"] is True
+
+
+def test_audit_does_not_depend_on_the_block_size(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    small, whole = audit(x_path, y_path, block_size=3), audit(x_path, y_path, block_size=1000)
+    np.testing.assert_array_equal(small.hashes, whole.hashes)
+    assert {**small.report, "block_size": 0} == {**whole.report, "block_size": 0}
+
+
+def test_clean_uint8_split_has_no_faults(tmp_path):
+    x_path, y_path = write_split(tmp_path, "valid", random_tiles(9), alternating_labels(9))
+    report = audit(x_path, y_path).report
+    assert report["split"] == "valid"
+    assert all(report["faults"][f]["tiles"] == 0 for f in FAULTS)
+    assert report["itemsize"] == 1 and report["dtype"]["x"] == "uint8"
+    assert report["duplicates"]["n_groups"] == 0
+
+
+def test_hash_is_of_the_cleaned_tile(tmp_path):
+    tile = random_tiles(1)[0]
+    noisy = tile.astype(np.float32) + 0.3  # rounds back to the same uint8 tile
+    x_path, y_path = write_split(
+        tmp_path, "test", np.stack([noisy, tile.astype(np.float32)]), np.array([0, 1])
+    )
+    hashes = audit(x_path, y_path).hashes
+    assert hashes[0] == hashes[1] == tile_hash(tile)
+    assert tile_hash(tile) != tile_hash(random_tiles(1, seed=5)[0])
+
+
+def test_cross_split_duplicates_pairs_indices_and_skips_blank_tiles(tmp_path):
+    train, test = random_tiles(6, seed=1), random_tiles(4, seed=2)
+    train[4] = test[1]  # leak
+    train[0] = test[3] = 0  # black in both: not a leak worth reporting
+    results = {}
+    for split, x in (("train", train), ("test", test)):
+        results[split] = audit(*write_split(tmp_path, split, x, alternating_labels(len(x))))
+    cross = cross_split_duplicates(
+        {s: r.hashes for s, r in results.items()}, {s: r.report for s, r in results.items()}
+    )
+    assert cross["pairs"] == [{"split_a": "train", "index_a": 4, "split_b": "test", "index_b": 1}]
+    assert cross["counts"] == {"train-test": 1}
+    assert cross["train_indices_in_valid_or_test"] == [4]
+
+
+def test_cli_writes_json_plot_and_hashes(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    out = tmp_path / "out"
+    proc = pcamflow(
+        "audit",
+        *("--x", str(x_path), "--y", str(y_path), "--out", str(out / "train.json")),
+        *("--plot", str(out / "train.png"), "--hashes", str(out / "train.npy"), "--block-size", "4"),
+    )
+    report = json.loads((out / "train.json").read_text())
+    assert report["faults"]["nan"]["indices"] == PLANTED["nan"]
+    assert report["block_size"] == 4 and report["thresholds"] == THRESHOLDS  # schema defaults
+    assert (out / "train.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(load_hashes(out / "train.npy")) == 20
+    assert "nan 1" in proc.stdout
+
+
+def test_audit_finds_every_fault_the_generator_planted(tmp_path):
+    record = write_synthetic(tmp_path, n_train=200, n_valid=100, n_test=100, seed=3, poison=True)
+    results = {
+        split: audit(*split_paths(tmp_path, split), block_size=100, split=split) for split in record["splits"]
+    }
+    for split, planted in record["splits"].items():
+        report = results[split].report
+        assert report["dtype"]["x"] == "float32"
+        for fault in ("nan", "inf", "out_of_range"):  # cannot occur by chance in the generator's data
+            assert report["faults"][fault]["indices"] == planted[fault], (split, fault)
+        for fault in ("black", "white"):  # a real tile might also be blank; every planted one is found
+            assert set(planted[fault]) <= set(report["faults"][fault]["indices"]), (split, fault)
+    cross = cross_split_duplicates(
+        {s: r.hashes for s, r in results.items()}, {s: r.report for s, r in results.items()}
+    )
+    planted_pairs = sorted(record["cross_split_duplicates"], key=lambda p: (p["index_a"], p["index_b"]))
+    assert planted_pairs and cross["pairs"] == planted_pairs

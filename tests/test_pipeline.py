@@ -1,0 +1,166 @@
+"""The input pipeline: seeded, resumable batches; on-device normalisation and D4; predict_proba."""
+
+import numpy as np
+import pytest
+import torch
+from train_fixtures import write_store
+
+from pcamflow.pipeline import D4_SIZE, BatchLoader, GpuTransform, apply_d4, predict_proba
+from pcamflow.store import Split, load_split, load_stats
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_store(tmp_path_factory.mktemp("store"), {"train": 50, "valid": 20})
+
+
+@pytest.fixture(scope="module")
+def split(store):
+    return load_split(store, "train", mmap=True)
+
+
+def batches(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_an_epoch_yields_every_tile_once_as_uint8_batches(split):
+    loader = BatchLoader(split, 8, seed=0)
+    got = batches(loader)
+    assert len(loader) == len(got) == 7
+    x = torch.cat([b[0] for b in got])
+    y = torch.cat([b[1] for b in got])
+    assert x.dtype == torch.uint8 and x.shape == (50, 96, 96, 3) and y.dtype == torch.int64
+    # every tile exactly once, with its own label
+    order = [int(np.flatnonzero((split.x == xi.numpy()).all(axis=(1, 2, 3)))[0]) for xi in x]
+    assert sorted(order) == list(range(50))
+    np.testing.assert_array_equal(y.numpy(), split.y[order])
+    assert len(BatchLoader(split, 8, seed=0, drop_last=True)) == 6
+
+
+def test_order_is_a_function_of_the_seed_and_changes_per_epoch(split):
+    a, b, c = (BatchLoader(split, 10, seed=s) for s in (1, 1, 2))
+    first_a, first_b, first_c = batches(a), batches(b), batches(c)
+    assert all(torch.equal(p[1], q[1]) and torch.equal(p[0], q[0]) for p, q in zip(first_a, first_b))
+    assert any(not torch.equal(p[0], q[0]) for p, q in zip(first_a, first_c))
+    second_a = batches(a)
+    assert any(not torch.equal(p[0], q[0]) for p, q in zip(first_a, second_a))
+
+
+def test_a_restored_loader_yields_exactly_the_remaining_batches(split):
+    reference = BatchLoader(split, 8, seed=3, balanced=True)
+    epoch1, epoch2 = batches(reference), batches(reference)
+
+    loader = BatchLoader(split, 8, seed=3, balanced=True)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
+    state = loader.state_dict()
+    resumed = BatchLoader(split, 8, seed=999, balanced=True)
+    resumed.load_state_dict(state)
+    rest = batches(resumed)
+    assert len(rest) == len(epoch1) - 3
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(rest, epoch1[3:]))
+    assert all(torch.equal(p[0], q[0]) for p, q in zip(batches(resumed), epoch2))
+
+
+def test_balanced_sampling_draws_classes_equally():
+    y = (np.arange(1000) < 100).astype(np.uint8)  # 10 % positives
+    x = np.zeros((1000, 96, 96, 3), dtype=np.uint8)
+    loader = BatchLoader(Split(x, y, np.arange(1000)), 100, seed=0, balanced=True)
+    drawn = torch.cat([b[1] for b in loader]).float()
+    assert len(drawn) == 1000
+    assert 0.45 < drawn.mean().item() < 0.55
+
+
+def test_d4_matches_flips_and_rotations():
+    x = torch.randint(0, 255, (3, 96, 96, 3), dtype=torch.uint8)
+    views = []
+    for t in range(D4_SIZE):
+        expected = torch.rot90(x.flip(2) if t >= 4 else x, t % 4, dims=(1, 2))
+        assert torch.equal(apply_d4(x, t), expected)
+        views.append(expected)
+    assert len({v.numpy().tobytes() for v in views}) == D4_SIZE
+    per_sample = apply_d4(x, torch.tensor([0, 5, 7]))
+    for i, t in enumerate((0, 5, 7)):
+        assert torch.equal(per_sample[i], views[t][i])
+
+
+def test_evaluation_input_is_normalised_and_never_augmented(store, split):
+    stats = load_stats(store)
+    x = torch.from_numpy(split.x[:6].copy())
+    transform = GpuTransform(stats, augment=True, color_jitter=0.5)
+    out = transform.to_input(x, train=False, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
+    expected = ((x.float() / 255 - mean) / std).permute(0, 3, 1, 2)
+    assert out.shape == (6, 3, 96, 96) and out.dtype == torch.float32
+    torch.testing.assert_close(out, expected)
+    # train-only statistics make the train split roughly zero-mean, unit-variance
+    full = transform.to_input(torch.from_numpy(np.array(split.x)), train=False)
+    torch.testing.assert_close(full.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-3, rtol=0)
+
+
+def test_training_input_is_a_seeded_d4_view_of_each_tile(store, split):
+    transform = GpuTransform(load_stats(store))
+    x = torch.from_numpy(split.x[:16].copy())
+    plain = transform.to_input(x, train=False)
+    a = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(5))
+    b = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    used = set()
+    for i in range(16):
+        matches = [
+            t
+            for t in range(D4_SIZE)
+            if torch.equal(a[i], torch.rot90(plain[i].flip(2) if t >= 4 else plain[i], t % 4, dims=(1, 2)))
+        ]
+        assert matches, f"sample {i} is not a D4 view of its tile"
+        used.add(matches[0])
+    assert len(used) > 1  # per-sample draws, not one transform for the batch
+
+
+def test_colour_jitter_changes_training_input_only(store, split):
+    stats = load_stats(store)
+    x = torch.from_numpy(split.x[:4].copy())
+    jitter = GpuTransform(stats, augment=False, color_jitter=0.3)
+    still = GpuTransform(stats, augment=False)
+    gen = torch.Generator().manual_seed(0)
+    assert not torch.equal(jitter.to_input(x, train=True, generator=gen), still.to_input(x, train=False))
+    assert torch.equal(jitter.to_input(x, train=False), still.to_input(x, train=False))
+
+
+def test_channels_last_gives_the_same_values_in_channels_last_layout(store, split):
+    stats = load_stats(store)
+    x = torch.from_numpy(split.x[:4].copy())
+    cl = GpuTransform(stats, channels_last=True).to_input(x, train=False)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(cl, GpuTransform(stats).to_input(x, train=False))
+
+
+class _CentreProbe(torch.nn.Module):
+    """Not D4-invariant: looks at one corner, so TTA changes its output."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.linear(x[:, :, :8, :8].mean(dim=(2, 3)))
+
+
+def test_predict_proba_in_order_batch_size_free_and_tta_averages_d4(store, split):
+    stats = load_stats(store)
+    torch.manual_seed(0)
+    model = _CentreProbe().train()
+    x = np.array(split.x[:23])
+    prob = predict_proba(model, x, stats, batch_size=5)
+    assert not model.training
+    assert prob.shape == (23,) and np.all((prob >= 0) & (prob <= 1))
+    with torch.no_grad():
+        inputs = GpuTransform(stats).to_input(torch.from_numpy(x), train=False)
+        expected = torch.softmax(model(inputs), 1)[:, 1].double().numpy()
+    np.testing.assert_allclose(prob, expected, rtol=1e-6)
+    np.testing.assert_allclose(predict_proba(model, x, stats, batch_size=256), prob, rtol=1e-6)
+    tta = predict_proba(model, x, stats, batch_size=7, tta=True)
+    views = [predict_proba(model, apply_d4(torch.from_numpy(x), t).numpy(), stats) for t in range(D4_SIZE)]
+    np.testing.assert_allclose(tta, np.mean(views, axis=0), rtol=1e-6)
+    assert not np.allclose(tta, prob)

@@ -1,0 +1,251 @@
+"""`pcamflow predict`: every input kind, one row per tile, failures listed and not fatal, exit codes."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from bundle_fixtures import make_bundle, stats_of, synthetic_tiles, tiny_model
+from pcam_fixtures import write_dataset, write_split
+from PIL import Image
+
+from pcamflow.export import META_FILE, load_bundle
+from pcamflow.pipeline import predict_proba
+from pcamflow.predict import COLUMNS, predict_inputs, predict_tiles
+from pcamflow.rawdata import clean_tiles
+
+N = 10
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory) -> Path:
+    # threshold at the median probability of the tiles used here, so both labels occur
+    tmp = tmp_path_factory.mktemp("predict")
+    probe = make_bundle(tmp / "probe")
+    threshold = float(np.median(predict_tiles(load_bundle(probe), _tiles()[0])))
+    return make_bundle(tmp / "bundle", threshold=threshold)
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+def _tiles(n=N):
+    x, y = synthetic_tiles("test", 256)
+    return x[:n], y[:n]
+
+
+def _h5(tmp_path: Path, x, y=None) -> Path:
+    """A PCAM test split file; with y, its labels file beside it."""
+    if y is None:
+        return write_dataset(tmp_path / "camelyonpatch_level_2_split_test_x.h5", "x", x)
+    return write_split(tmp_path, "test", x, y)[0]
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str  # stderr and log lines
+    table: pd.DataFrame | None  # the CSV written, if any
+
+
+@pytest.fixture
+def predict(capsys, caplog):
+    """`pcamflow predict BUNDLE OUT INPUTS... [extra]` through pcamflow.cli.main, in this process
+    (a new interpreter per call would spend seconds importing torch)."""
+    import logging
+
+    from pcamflow.cli import main
+
+    def run(bundle_dir, out, *inputs, extra=()) -> Run:
+        argv = [
+            "predict",
+            "--model",
+            str(bundle_dir),
+            "--out",
+            str(out),
+            "--input",
+            *map(str, inputs),
+            *extra,
+        ]
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            status = main(argv)
+        captured = capsys.readouterr()
+        table = pd.read_csv(out) if Path(out).exists() else None
+        return Run(status, captured.out, captured.err + caplog.text, table)
+
+    return run
+
+
+def test_h5_with_labels_gives_one_row_per_tile(bundle_dir, bundle, tmp_path, predict):
+    x, y = _tiles()
+    h5 = _h5(tmp_path, x, y)
+    run = predict(bundle_dir, tmp_path / "p.csv", h5)
+    table = run.table
+    assert list(table.columns) == COLUMNS
+    assert list(table["source"]) == [str(h5)] * N and list(table["index"]) == list(range(N))
+    expected = predict_tiles(bundle, x)
+    np.testing.assert_allclose(table["probability"], expected, rtol=0, atol=1e-6)
+    assert list(table["label"]) == list((expected >= bundle.threshold).astype(int))
+    assert 0 < table["label"].sum() < N  # the threshold splits them
+    assert list(table["y_true"]) == list(y)
+    assert table["error"].isna().all()
+    assert f"{N} tiles predicted" in run.stdout
+
+
+def test_h5_without_labels_and_float_course_copy(bundle, tmp_path):
+    x, _ = _tiles()
+    raw = x.astype(np.float32)
+    raw[0, 0, 0, 0], raw[1, 5, 5, 1], raw[2, 9, 9, 2] = np.nan, np.inf, 300.0
+    h5 = _h5(tmp_path, raw)
+    result = predict_inputs(bundle, [h5])
+    assert result.table["y_true"].isna().all()
+    expected = predict_tiles(bundle, clean_tiles(raw))  # the pipeline's one cleaning of course copies
+    np.testing.assert_allclose(result.table["probability"], expected, rtol=0, atol=1e-6)
+
+
+def test_folder_of_png_and_tiff_tiles_and_single_images(bundle, tmp_path):
+    x, _ = _tiles(4)
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for i, tile in enumerate(x[:3]):
+        Image.fromarray(tile).save(folder / f"tile{i}.{'png' if i % 2 else 'tif'}")
+    (folder / "notes.txt").write_text("not a tile")  # ignored: not an image extension
+    single = tmp_path / "single.PNG"
+    Image.fromarray(x[3]).save(single, format="PNG")
+    result = predict_inputs(bundle, [folder, single])
+    table = result.table
+    assert list(table["source"]) == [
+        str(folder / "tile0.tif"),
+        str(folder / "tile1.png"),
+        str(folder / "tile2.tif"),
+        str(single),
+    ]
+    assert list(table["index"]) == [0, 0, 0, 0]
+    np.testing.assert_allclose(table["probability"], predict_tiles(bundle, x), rtol=0, atol=1e-6)
+    assert not result.failures
+
+
+def test_tiles_that_are_not_96x96_rgb_are_refused_unless_resize(bundle_dir, bundle, tmp_path, predict):
+    x, _ = _tiles(2)
+    big = Image.fromarray(np.tile(x[0], (2, 2, 1)))  # 192 x 192 RGB
+    big.save(tmp_path / "big.png")
+    Image.fromarray(x[1]).convert("RGBA").save(tmp_path / "rgba.png")
+    run = predict(bundle_dir, tmp_path / "p.csv", tmp_path / "big.png", tmp_path / "rgba.png")
+    assert run.status == 2  # nothing could be predicted
+    assert "big.png: tile is 192x192 RGB, expected 96x96 RGB (pass --resize" in run.stderr
+    assert "rgba.png: tile is 96x96 RGBA" in run.stderr
+    assert run.table["probability"].isna().all() and run.table["error"].str.contains("--resize").all()
+
+    run = predict(
+        bundle_dir, tmp_path / "r.csv", tmp_path / "big.png", tmp_path / "rgba.png", extra=["--resize"]
+    )
+    table = run.table
+    resized = np.asarray(big.resize((96, 96), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(
+        table["probability"], predict_tiles(bundle, np.stack([resized, x[1]])), atol=1e-6
+    )
+
+
+def test_unreadable_inputs_are_listed_and_the_rest_predicted(bundle_dir, tmp_path, predict):
+    x, y = _tiles()
+    h5 = _h5(tmp_path / "h5", x, y)
+    Image.fromarray(x[0]).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "broken_x.h5").write_bytes(b"not hdf5")
+    wrong = write_dataset(tmp_path / "wrong_x.h5", "x", np.zeros((2, 32, 32, 3), np.uint8))
+    inputs = [
+        tmp_path / "broken.png",
+        h5,
+        tmp_path / "missing.tif",
+        tmp_path / "broken_x.h5",
+        wrong,
+        tmp_path / "good.png",
+    ]
+    run = predict(bundle_dir, tmp_path / "p.csv", *inputs)
+    assert run.status == 1  # some inputs skipped, the CSV is complete for the rest
+    table = run.table
+    assert table["probability"].notna().sum() == N + 1
+    errors = table.loc[table["error"].notna()]
+    assert list(errors["source"]) == [str(p) for p in inputs[:1] + inputs[2:5]]  # in input order
+    assert "unreadable image" in errors["error"].iloc[0]
+    assert "no such file" in errors["error"].iloc[1]
+    assert "not an HDF5 file" in errors["error"].iloc[2]
+    assert "expected (N, 96, 96, 3)" in errors["error"].iloc[3]
+    assert "4 inputs skipped" in run.stdout
+    assert str(tmp_path / "missing.tif") in run.stderr
+
+
+def test_batch_size_changes_nothing_but_speed(bundle, tmp_path):
+    x, y = _tiles()
+    h5 = _h5(tmp_path, x, y)
+    Image.fromarray(x[0]).save(tmp_path / "a.png")
+    inputs = [tmp_path / "a.png", h5, tmp_path / "a.png"]
+    big = predict_inputs(bundle, inputs, batch_size=256).table
+    small = predict_inputs(bundle, inputs, batch_size=3).table
+    pd.testing.assert_frame_equal(big.drop(columns="probability"), small.drop(columns="probability"))
+    np.testing.assert_allclose(big["probability"], small["probability"], rtol=0, atol=1e-6)
+
+
+def test_tta_matches_training_side_tta_and_defaults_to_the_bundles_setting(tmp_path, predict):
+    x, y = _tiles(6)
+    h5 = _h5(tmp_path, x, y)
+    model = tiny_model()
+    expected = predict_proba(model, x, stats_of(synthetic_tiles("train", 256)[0]), tta=True)
+    bundle_dir = make_bundle(tmp_path / "bundle", model=model)
+    table = predict(bundle_dir, tmp_path / "tta.csv", h5, extra=["--tta"]).table
+    np.testing.assert_allclose(table["probability"], expected, rtol=0, atol=1e-6)
+    # a bundle whose threshold was chosen on TTA probabilities predicts with TTA unless told not to
+    meta = (bundle_dir / META_FILE).read_text().replace('"model": "cnn"', '"model": "cnn", "tta": true')
+    assert load_bundle(bundle_dir).metadata.get("tta") is None
+    plain = predict_tiles(load_bundle(bundle_dir), x)
+    _rewrite_with_manifest(bundle_dir, META_FILE, meta)
+    table = predict(bundle_dir, tmp_path / "default.csv", h5).table
+    np.testing.assert_allclose(table["probability"], expected, rtol=0, atol=1e-6)
+    table = predict(bundle_dir, tmp_path / "no.csv", h5, extra=["--no-tta"]).table
+    np.testing.assert_allclose(table["probability"], plain, rtol=0, atol=1e-6)
+
+
+def _rewrite_with_manifest(bundle_dir: Path, name: str, text: str) -> None:
+    import json
+
+    from pcamflow.export import MANIFEST_FILE
+    from pcamflow.io import sha256sum
+
+    (bundle_dir / name).write_text(text)
+    manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text())
+    manifest["files"][name] = sha256sum(bundle_dir / name)
+    (bundle_dir / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_tampered_bundle_fails_before_any_output(bundle_dir, tmp_path, predict):
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    (copy / META_FILE).write_text((copy / META_FILE).read_text().replace('"threshold": 0', '"threshold": 1'))
+    x, y = _tiles()
+    run = predict(copy, tmp_path / "p.csv", _h5(tmp_path, x, y))
+    assert run.status == 2
+    assert f"{copy / META_FILE}: sha256 differs" in run.stderr
+    assert run.table is None  # no CSV written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_cuda_without_a_gpu_is_one_clear_line(bundle_dir, tmp_path, predict):
+    x, y = _tiles()
+    run = predict(bundle_dir, tmp_path / "p.csv", _h5(tmp_path, x, y), extra=["--device", "cuda"])
+    assert run.status == 2
+    assert "--device cuda: no CUDA device is available" in run.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gives_the_cpu_probabilities(bundle_dir, bundle, tmp_path):
+    x, _ = _tiles()
+    gpu = load_bundle(bundle_dir, "cuda")
+    np.testing.assert_allclose(predict_tiles(gpu, x), predict_tiles(bundle, x), rtol=0, atol=1e-4)

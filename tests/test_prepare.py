@@ -1,0 +1,185 @@
+"""Prepare: the clean uint8 store, what it drops and why, train-only statistics, nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+from conftest import pcamflow
+from pcam_fixtures import alternating_labels, random_tiles, write_split
+
+from pcamflow import constants
+from pcamflow.audit import audit_split, cross_split_duplicates
+from pcamflow.errors import PcamflowError
+from pcamflow.io import read_json
+from pcamflow.prepare import prepare_store
+from pcamflow.rawdata import clean_tiles, split_paths
+from pcamflow.store import MANIFEST_FILE, load_split, load_stats, store_checksum, store_files
+
+DEFAULTS = {"drop_black_white_from": ["train"], "drop_cross_split_duplicates": True}
+SIZES = {"train": 12, "valid": 6, "test": 5}
+
+
+def raw_data(tmp_path):
+    """float32 splits: train has NaN (0), out-of-range (1), black (2), white (3), a test tile (4);
+    valid has a black (0) and a white (1) tile, which must stay."""
+    data = {
+        s: [random_tiles(n, seed=i, dtype=np.float32), alternating_labels(n)]
+        for i, (s, n) in enumerate(SIZES.items())
+    }
+    train, valid, test = data["train"][0], data["valid"][0], data["test"][0]
+    train[0, 3, 3, 0], train[1, 4, 4, 1] = np.nan, 999.0
+    train[2], train[3], train[4] = 0.0, 255.0, test[1]
+    valid[0], valid[1] = 0.0, 255.0
+    raw_dir = tmp_path / "raw"
+    for split, (x, y) in data.items():
+        write_split(raw_dir, split, x, y)
+    return raw_dir, data
+
+
+def run_prepare(raw_dir, out, block_size=5, **settings):
+    raw = {s: split_paths(raw_dir, s) for s in constants.SPLITS}
+    results = {
+        s: audit_split(*raw[s], split=s, block_size=block_size, black_max=10, white_min=245) for s in raw
+    }
+    audits = {s: r.report for s, r in results.items()}
+    cross = cross_split_duplicates({s: r.hashes for s, r in results.items()}, audits)
+    return prepare_store(raw, out, audits=audits, cross=cross, block_size=block_size, **(DEFAULTS | settings))
+
+
+def test_store_holds_cleaned_kept_tiles_their_labels_and_raw_rows(tmp_path):
+    raw_dir, data = raw_data(tmp_path)
+    run_prepare(raw_dir, tmp_path / "store")
+    train = load_split(tmp_path / "store", "train")
+    kept = [0, 1, 5, 6, 7, 8, 9, 10, 11]  # black 2, white 3 and the test copy 4 dropped
+    assert train.index.tolist() == kept and train.index.dtype == np.int64
+    assert train.x.dtype == np.uint8 and train.y.dtype == np.uint8
+    np.testing.assert_array_equal(train.x, clean_tiles(data["train"][0])[kept])
+    np.testing.assert_array_equal(train.y, data["train"][1][kept])
+
+
+def test_valid_and_test_keep_every_tile_and_label(tmp_path):
+    raw_dir, data = raw_data(tmp_path)
+    run_prepare(raw_dir, tmp_path / "store")
+    for split in ("valid", "test"):
+        stored = load_split(tmp_path / "store", split)
+        assert stored.index.tolist() == list(range(SIZES[split]))
+        np.testing.assert_array_equal(stored.x, clean_tiles(data[split][0]))
+        np.testing.assert_array_equal(stored.y, data[split][1])
+
+
+def test_counts_say_what_was_dropped_and_why(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    counts = run_prepare(raw_dir, tmp_path / "store")["counts"]
+    assert counts["train"] == {
+        "raw": 12,
+        "kept": 9,
+        "dropped": {"black": 1, "white": 1, "cross_split_duplicate": 1},
+        "dropped_total": 3,
+    }
+    assert counts["valid"]["kept"] == 6 and counts["valid"]["dropped_total"] == 0
+
+
+def test_what_is_dropped_follows_the_config(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    run_prepare(
+        raw_dir, tmp_path / "a", drop_black_white_from=["train", "valid"], drop_cross_split_duplicates=False
+    )
+    assert load_split(tmp_path / "a", "train").index.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert load_split(tmp_path / "a", "valid").index.tolist() == [2, 3, 4, 5]
+    run_prepare(raw_dir, tmp_path / "b", drop_black_white_from=[])
+    assert load_split(tmp_path / "b", "train").index.tolist() == [i for i in range(12) if i != 4]
+
+
+def test_stats_are_the_channel_mean_and_std_of_kept_train_tiles(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    run_prepare(raw_dir, tmp_path / "store")
+    stats = load_stats(tmp_path / "store")
+    pixels = load_split(tmp_path / "store", "train").x.reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), rtol=1e-12)
+
+
+def test_manifest_holds_sha256_of_every_file_and_one_checksum(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    out = tmp_path / "store"
+    run_prepare(raw_dir, out)
+    assert sorted(out.iterdir()) == sorted(store_files(out, constants.SPLITS))
+    manifest = read_json(out / MANIFEST_FILE)
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    assert len(manifest["files"]) == len(store_files(out, constants.SPLITS)) - 1
+    assert store_checksum(out) == manifest["checksum"]
+
+
+def test_store_does_not_depend_on_the_block_size(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    run_prepare(raw_dir, tmp_path / "a", block_size=1)
+    run_prepare(raw_dir, tmp_path / "b", block_size=100)
+    assert store_checksum(tmp_path / "a") == store_checksum(tmp_path / "b")
+
+
+def test_a_failure_midway_leaves_no_store_and_no_temporary_files(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    raw = {s: split_paths(raw_dir, s) for s in constants.SPLITS}
+    results = {s: audit_split(*raw[s], split=s, block_size=5, black_max=10, white_min=245) for s in raw}
+    audits = {s: r.report for s, r in results.items()}
+    cross = cross_split_duplicates({s: r.hashes for s, r in results.items()}, audits)
+    os.truncate(
+        raw["test"][0], raw["test"][0].stat().st_size // 2
+    )  # breaks after train and valid are written
+    before = set(tmp_path.iterdir())
+    with pytest.raises(PcamflowError, match="truncated"):
+        prepare_store(raw, tmp_path / "store", audits=audits, cross=cross, block_size=5, **DEFAULTS)
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_an_audit_of_other_files_is_refused(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    raw = {s: split_paths(raw_dir, s) for s in constants.SPLITS}
+    audits = {s: audit_split(*raw[s], block_size=5, black_max=10, white_min=245).report for s in raw}
+    write_split(raw_dir, "valid", random_tiles(7, dtype=np.float32), alternating_labels(7))
+    cross = {"pairs": []}
+    with pytest.raises(PcamflowError, match="holds 7 tiles but its audit counts 6; rerun the audit"):
+        prepare_store(raw, tmp_path / "store", audits=audits, cross=cross, block_size=5, **DEFAULTS)
+    assert not (tmp_path / "store").exists()
+
+
+def test_dropping_every_train_tile_is_an_error(tmp_path):
+    raw_dir = tmp_path / "raw"
+    for split in constants.SPLITS:
+        write_split(raw_dir, split, np.zeros((3, 96, 96, 3), np.uint8), alternating_labels(3))
+    with pytest.raises(PcamflowError, match="every tile of split 'train' would be dropped"):
+        run_prepare(raw_dir, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_cli_prepares_a_store_computing_the_audits_itself(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    out = tmp_path / "store"
+    proc = pcamflow(
+        "prepare",
+        "--raw-dir",
+        str(raw_dir),
+        "--out",
+        str(out),
+        "--block-size",
+        "4",
+        "--keep-cross-split-duplicates",
+    )
+    assert load_split(out, "train").index.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert "train 10/12" in proc.stdout
+
+
+def test_cli_bad_input_is_one_line_and_leaves_no_store(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    missing = split_paths(raw_dir, "test")[1]
+    missing.unlink()
+    proc = pcamflow("prepare", "--raw-dir", str(raw_dir), "--out", str(tmp_path / "store"), check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"pcamflow: error: {missing}: no such file"]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

@@ -1,0 +1,174 @@
+"""The Snakemake profiles: what Snellius jobs ask Slurm for, variants built on the main profile, planning."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from configargparse import ConfigFileParserException
+from conftest import REPO, snakemake
+from snakemake.profiles import ProfileConfigFileParser
+
+PROFILES = REPO / "profiles"
+MAIN = PROFILES / "snellius" / "config.yaml"
+GPU_RULES = ("train", "reproducibility", "predict_champion")  # each trains or runs a model
+ROME_SHARE = {"cpus": 16, "mem_mb": 28 * 1024}  # 1/8 of a rome node, Snellius' smallest CPU job
+A100_SHARE = {"cpus": 18, "mem_mb": 120 * 1024}  # 1/4 of a gpu_a100 node: one A100
+
+
+def parse_profile(path: Path) -> dict:
+    """A profile as Snakemake reads it, with resources as {name: value} (per rule for set-resources)."""
+    with open(path) as fh:
+        args = dict(ProfileConfigFileParser().parse(fh))
+    for key in ("default-resources", "set-threads", "groups", "group-components"):
+        if key in args:
+            args[key] = dict(a.split("=", 1) for a in args[key])
+    per_rule = {}
+    for assignment in args.get("set-resources", []):
+        rule, rest = assignment.split(":", 1)
+        name, value = rest.split("=", 1)
+        per_rule.setdefault(rule, {})[name] = value
+    args["set-resources"] = per_rule
+    return args
+
+
+def minutes(expression: str, attempt: int) -> int:
+    """A runtime as Snakemake evaluates it for the given attempt."""
+    return eval(expression, {"attempt": attempt})
+
+
+@pytest.fixture
+def no_account(monkeypatch):
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
+
+
+def test_cpu_rules_fit_the_smallest_rome_job(no_account):
+    defaults = parse_profile(MAIN)["default-resources"]
+    assert defaults["slurm_partition"] == "rome"
+    assert int(defaults["cpus_per_task"]) <= ROME_SHARE["cpus"]
+    assert int(defaults["mem_mb"]) <= ROME_SHARE["mem_mb"]
+
+
+def test_model_rules_get_one_a100_share_with_node_local_scratch(no_account):
+    profile = parse_profile(MAIN)
+    for rule in GPU_RULES:
+        share = profile["set-resources"][rule]
+        assert share["slurm_partition"] == "gpu_a100"
+        assert (share["gpu"], share["gpu_model"]) == ("1", "a100")
+        assert int(share["cpus_per_task"]) == A100_SHARE["cpus"]
+        assert int(profile["set-threads"][rule]) == A100_SHARE["cpus"]
+        assert int(share["mem_mb"]) <= A100_SHARE["mem_mb"]
+        assert share["constraint"] == "scratch-node"
+
+
+def test_small_plot_jobs_are_packed_into_one_cpu_share(no_account):
+    profile = parse_profile(MAIN)
+    group = profile["groups"]["plot_grid_point"]
+    per_job = int(profile["group-components"][group])
+    plot = profile["set-resources"]["plot_grid_point"]
+    assert per_job * int(plot["cpus_per_task"]) <= ROME_SHARE["cpus"]
+    assert per_job * int(plot["mem_mb"]) <= ROME_SHARE["mem_mb"]
+
+
+def test_retries_get_longer_time_limits(no_account):
+    profile = parse_profile(MAIN)
+    assert int(profile["retries"]) >= 1
+    for runtime in (profile["default-resources"]["runtime"], profile["set-resources"]["train"]["runtime"]):
+        assert minutes(runtime, 2) > minutes(runtime, 1) > 0
+
+
+def test_training_is_warned_before_its_time_limit(no_account):
+    train = parse_profile(MAIN)["set-resources"]["train"]
+    warning = re.fullmatch(r"'--signal=(?:B:)?(\w+)@(\d+)'", train["slurm_extra"])
+    assert warning, train["slurm_extra"]
+    assert warning[1] in ("USR1", "TERM")  # the signals the trainer checkpoints on
+    assert 0 < int(warning[2]) < 60 * minutes(train["runtime"], 1)
+
+
+def test_account_comes_from_the_environment_when_set(monkeypatch):
+    monkeypatch.setenv("SBATCH_ACCOUNT", "ehpc123")
+    assert parse_profile(MAIN)["default-resources"]["slurm_account"] == "ehpc123"
+    monkeypatch.delenv("SBATCH_ACCOUNT")
+    assert "slurm_account" not in parse_profile(MAIN)["default-resources"]
+
+
+def with_changes(profile: dict, defaults: dict | None = None, gpu: dict | None = None) -> dict:
+    """The profile with some default resources and the GPU rules' resources changed (None: removed)."""
+    expected = {**profile, "default-resources": {**profile["default-resources"], **(defaults or {})}}
+    expected["set-resources"] = dict(profile["set-resources"])
+    for rule in GPU_RULES:
+        changed = {**profile["set-resources"][rule], **(gpu or {})}
+        expected["set-resources"][rule] = {k: v for k, v in changed.items() if v is not None}
+    return expected
+
+
+def test_h100_variant_is_the_main_profile_with_model_rules_on_h100(no_account):
+    expected = with_changes(
+        parse_profile(MAIN),
+        gpu={"slurm_partition": "gpu_h100", "gpu_model": "h100", "cpus_per_task": "16", "mem_mb": "184320"},
+    )
+    expected["set-threads"] = dict.fromkeys(GPU_RULES, "16")
+    assert parse_profile(PROFILES / "snellius-h100" / "config.yaml") == expected
+
+
+def test_course_variant_is_the_main_profile_on_course_partitions(no_account):
+    expected = with_changes(
+        parse_profile(MAIN),
+        defaults={"slurm_partition": "thin_course"},
+        gpu={"slurm_partition": "gpu_course", "gpu_model": None},
+    )
+    assert parse_profile(PROFILES / "snellius-course" / "config.yaml") == expected
+
+
+def test_variant_finds_the_main_profile_from_any_working_directory(tmp_path, monkeypatch, no_account):
+    monkeypatch.chdir(tmp_path)
+    train = parse_profile(PROFILES / "snellius-h100" / "config.yaml")["set-resources"]["train"]
+    assert train["slurm_partition"] == "gpu_h100"
+
+
+def test_variant_with_a_misspelt_setting_is_refused(tmp_path):
+    (tmp_path / "snellius").symlink_to(PROFILES / "snellius")
+    variant = (PROFILES / "snellius-h100" / "config.yaml").read_text()
+    variant = re.sub(r"variant = dict\(.*\)", 'variant = dict(gpu_partiton="gpu_h100")', variant)
+    (tmp_path / "typo").mkdir()
+    (tmp_path / "typo" / "config.yaml").write_text(variant)
+    with pytest.raises(ConfigFileParserException, match="gpu_partiton"):
+        parse_profile(tmp_path / "typo" / "config.yaml")
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict, dict]]:
+    """(rule, wildcards, resources) of every job a dry run lists."""
+    jobs = []
+    for block in re.split(r"^\s*(?=(?:local)?rule \w+:$)", dry_run_output, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?rule (\w+):", block)[1]
+        fields = dict(re.findall(r"^\s+(wildcards|resources): (.*)$", block, re.M))
+        wildcards, resources = (key_values(fields.get(name, "")) for name in ("wildcards", "resources"))
+        jobs.append((rule, wildcards, resources))
+    return jobs
+
+
+def key_values(text: str) -> dict:
+    return dict(item.split("=", 1) for item in text.split(", ") if item)
+
+
+@pytest.mark.parametrize("name", ["snellius", "snellius-h100", "snellius-course"])
+def test_dry_run_plans_every_job_on_its_partition_without_a_cluster(name, workflow_dir, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")  # any Slurm command would fail
+    monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
+    profile = parse_profile(PROFILES / name / "config.yaml")
+    args = ("-n", "--profile", f"profiles/{name}", "--configfile", "config/test.yaml")
+    jobs = planned_jobs(snakemake(workflow_dir, *args).stdout)
+    assert {rule for rule, _, _ in jobs} >= {"prepare", "benchmark", *GPU_RULES}
+    default = profile["default-resources"]["slurm_partition"]
+    for rule, wildcards, resources in jobs:
+        # the profile's partition for the rule; a throughput job's is the partition it measures
+        rule_partition = profile["set-resources"].get(rule, {}).get("slurm_partition")
+        assert resources["slurm_partition"] == (rule_partition or wildcards.get("partition", default)), rule
+
+
+def test_local_profile_plans_the_workflow(workflow_dir):
+    out = snakemake(
+        workflow_dir, "-n", "--profile", "profiles/local", "--configfile", "config/test.yaml"
+    ).stdout
+    assert "prepare" in {rule for rule, _, _ in planned_jobs(out)}

@@ -1,0 +1,91 @@
+"""Node-local staging of the prepared store (pcamflow.staging)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from pcamflow import staging
+from pcamflow.io import write_json
+from pcamflow.store import MANIFEST_FILE, load_split
+
+
+def write_store(store, checksum: str, n: int = 4):
+    """A minimal prepared store: one split's arrays and a manifest carrying the checksum."""
+    store.mkdir(parents=True, exist_ok=True)
+    np.save(store / "train_x.npy", np.full((n, 96, 96, 3), 7, dtype=np.uint8))
+    np.save(store / "train_y.npy", np.arange(n, dtype=np.uint8) % 2)
+    np.save(store / "train_index.npy", np.arange(n, dtype=np.int64))
+    write_json(store / MANIFEST_FILE, {"checksum": checksum})
+    return store
+
+
+@pytest.fixture
+def store(tmp_path):
+    return write_store(tmp_path / "shared" / "prepared", "a" * 64)
+
+
+@pytest.fixture
+def in_slurm_job(tmp_path, monkeypatch):
+    """The environment of a Slurm job with node-local scratch; returns the scratch directory."""
+    scratch = tmp_path / "scratch-node"
+    scratch.mkdir()
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    return scratch
+
+
+def test_outside_slurm_reads_the_store_in_place(store, tmp_path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert staging.stage_prepared(store) == store
+    assert not (tmp_path / staging.STAGE_ROOT).exists()
+
+
+def test_slurm_job_without_scratch_reads_the_store_in_place(store, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    assert staging.stage_prepared(store) == store
+
+
+def test_slurm_job_copies_the_store_to_scratch(store, in_slurm_job):
+    staged = staging.stage_prepared(store)
+    assert staged.is_relative_to(in_slurm_job)
+    assert sorted(p.name for p in staged.iterdir()) == sorted(p.name for p in store.iterdir())
+    original, copy = load_split(store, "train"), load_split(staged, "train")
+    np.testing.assert_array_equal(copy.x, original.x)
+    np.testing.assert_array_equal(copy.y, original.y)
+    assert not [p for p in staged.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_second_call_in_the_same_job_reuses_the_copy(store, in_slurm_job, monkeypatch):
+    first = staging.stage_prepared(store)
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("copied twice")
+
+    monkeypatch.setattr(shutil, "copytree", no_copy)
+    assert staging.stage_prepared(store) == first
+
+
+def test_a_changed_store_is_staged_again(store, in_slurm_job):
+    first = staging.stage_prepared(store)
+    write_store(store, "b" * 64, n=6)
+    second = staging.stage_prepared(store)
+    assert second != first
+    assert len(load_split(second, "train")) == 6
+
+
+def test_a_stale_copy_under_the_same_name_is_replaced(store, in_slurm_job):
+    staged = staging.stage_prepared(store)
+    write_json(staged / MANIFEST_FILE, {"checksum": "a" * 63 + "0"})  # same prefix, other store
+    np.save(staged / "train_y.npy", np.zeros(1, dtype=np.uint8))
+    assert staging.stage_prepared(store) == staged
+    np.testing.assert_array_equal(load_split(staged, "train").y, load_split(store, "train").y)
+
+
+def test_too_little_scratch_space_reads_the_store_in_place(store, in_slurm_job, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    assert staging.stage_prepared(store) == store

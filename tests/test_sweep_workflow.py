@@ -1,0 +1,121 @@
+"""The sweep as Snakemake expands it: one run per (grid point, seed), only new runs trained, clear errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+from conftest import snakemake
+
+# A sweep small enough to train for real in seconds: one grid point, one seed, one epoch.
+TINY = {
+    "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
+    "seeds": [1],
+    "grid": {"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
+    "training": {"epochs": 1, "mlp_hidden": [8]},
+}
+AVG = "results/summary/metrics_avg.csv"
+
+
+def planned_jobs(workdir, *args) -> dict[str, int]:
+    """rule -> number of jobs Snakemake would run (from a dry run's job stats)."""
+    out = snakemake(workdir, "--dry-run", *args).stdout
+    stats = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)
+        if m.group(1) != "total"
+    }
+
+
+def planned_outputs(workdir, rule, *args) -> list[str]:
+    out = snakemake(workdir, "--dry-run", *args).stdout
+    return re.findall(rf"^rule {rule}:\n(?:    input: .*\n)?    output: (.*)$", out, re.M)
+
+
+def write_config(workdir, name, cfg) -> str:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def test_default_sweep_is_one_run_per_grid_point_and_seed_with_every_wildcard_in_its_path(workflow_dir):
+    config = yaml.safe_load((workflow_dir / "config" / "config.yaml").read_text())
+    grid, seeds = config["grid"], config["seeds"]
+    n_points = len(grid["model"]) * len(grid["lr"]) * len(grid["batch_size"]) * len(grid["optimizer"])
+    assert {"mlp", "cnn"} <= set(grid["model"]) and len(grid["optimizer"]) >= 2 and len(seeds) == 3
+    jobs = planned_jobs(workflow_dir)
+    assert jobs["train"] == n_points * len(seeds)
+    for rule in ("aggregate", "champion", "predict_champion", "evaluate", "slices", "reproducibility"):
+        assert jobs[rule] == 1, rule
+    assert jobs["plot_grid_point"] == n_points
+    outputs = planned_outputs(workflow_dir, "train")
+    assert len(set(outputs)) == len(outputs) == n_points * len(seeds)
+    for output in outputs:
+        assert re.search(
+            r"results/runs/model~\w+/lr~[\d.e-]+/batch_size~\d+/optimizer~\w+/seed~\d+/history\.json", output
+        )
+
+
+def test_a_run_path_maps_back_to_exactly_its_wildcards(workflow_dir):
+    target = "results/runs/model~cnn/lr~0.001/batch_size~64/optimizer~sgd/seed~43/history.json"
+    out = snakemake(workflow_dir, "--dry-run", target).stdout
+    assert "wildcards: model=cnn, lr=0.001, batch_size=64, optimizer=sgd, seed=43" in out
+
+
+def test_reproducibility_check_can_be_switched_off(workflow_dir):
+    off = write_config(workflow_dir, "off.yaml", {"reproducibility": {"enabled": False}})
+    jobs = planned_jobs(workflow_dir, "--configfile", off)
+    assert "reproducibility" not in jobs and jobs["evaluate"] == 1
+
+
+def test_reproducibility_can_repeat_a_chosen_run_trained_first_when_missing(workflow_dir):
+    baseline = planned_jobs(workflow_dir)["train"]
+    outside = "results/runs/model~cnn/lr~0.001/batch_size~64/optimizer~adam/seed~7"  # not a seed of the sweep
+    chosen = write_config(workflow_dir, "chosen.yaml", {"reproducibility": {"run": outside}})
+    assert planned_jobs(workflow_dir, "--configfile", chosen)["train"] == baseline + 1
+    out = snakemake(workflow_dir, "--dry-run", "--configfile", chosen).stdout
+    (inputs,) = re.findall(r"^rule reproducibility:\n    input: (.*)$", out, re.M)
+    assert f"{outside}/run.json" in inputs
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"seeds": []}, "key 'seeds': the list is empty; give at least one value"),
+        ({"grid": {"model": []}}, "key 'grid.model': the list is empty; give at least one value"),
+        ({"grid": {"lr": []}}, "key 'grid.lr': the list is empty; give at least one value"),
+    ],
+)
+def test_an_empty_seed_or_grid_list_is_one_clear_error(workflow_dir, override, message):
+    bad = write_config(workflow_dir, "bad.yaml", override)
+    proc = snakemake(workflow_dir, "--dry-run", "--configfile", bad, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_metrics_avg_from_scratch_then_a_new_seed_or_grid_value_trains_only_the_new_runs(workflow_dir):
+    tiny = write_config(workflow_dir, "tiny.yaml", TINY)
+    # from a fresh checkout: the one file a user asks for, and nothing downstream of it
+    first = snakemake(workflow_dir, "--cores", "2", AVG, "--configfile", tiny)
+    assert (workflow_dir / "results/summary/metrics_avg.csv").exists()
+    assert not (workflow_dir / "results/summary/champion.json").exists()
+    assert "rule evaluate" not in first.stdout + first.stderr
+    avg = (workflow_dir / "results/summary/metrics_avg.csv").read_text().splitlines()
+    assert len(avg) == 2 and avg[0].startswith("model,lr,batch_size,optimizer,n_seeds")
+    assert planned_jobs(workflow_dir, AVG, "--configfile", tiny) == {}
+
+    more_seeds = write_config(workflow_dir, "seeds.yaml", dict(TINY, seeds=[1, 2]))
+    jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_seeds)
+    assert jobs == {"train": 1, "aggregate": 1}
+    (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_seeds)
+    assert "/lr~0.001/batch_size~32/optimizer~adam/seed~2/" in output
+
+    more_lrs = write_config(workflow_dir, "lrs.yaml", dict(TINY, grid=dict(TINY["grid"], lr=[0.001, 0.01])))
+    jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_lrs)
+    assert jobs == {"train": 1, "aggregate": 1}
+    (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_lrs)
+    assert "/lr~0.01/" in output

@@ -1,0 +1,12 @@
+"""Rule audit: one split of the raw PCAM files -> audit JSON, plot and per-tile hashes."""
+
+from pcamflow.audit import audit_split, write_audit
+from pcamflow.smk import run_script
+
+
+def main(smk):
+    result = audit_split(smk.input.x, smk.input.y, split=smk.wildcards.split, **smk.params.settings)
+    write_audit(result, smk.output.json, smk.output.plot, smk.output.hashes)
+
+
+run_script(snakemake, main)

@@ -1,0 +1,21 @@
+"""Rule benchmark: one partition's throughput matrix -> results/throughput/{partition}.csv."""
+
+from pcamflow.bench import write_partition_csv
+from pcamflow.smk import run_script
+from pcamflow.staging import stage_prepared
+
+
+def main(smk):
+    write_partition_csv(
+        smk.wildcards.partition,
+        smk.params.partition,
+        smk.params.settings,
+        smk.output[0],
+        store=str(stage_prepared(smk.params.store)),  # node-local copy inside a Slurm job
+        raw_x=smk.input.raw[0] if smk.input.raw else "",  # present when the naive loader is timed
+        training=smk.params.training,
+        threads=smk.threads,  # what Snakemake granted (capped by --cores)
+    )
+
+
+run_script(snakemake, main)
