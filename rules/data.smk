@@ -13,6 +13,7 @@ if config["dataset"] == "synthetic":
             BENCHMARKS / "synthesize.tsv"
         conda:
             CONDA_ENV
+        threads: 2  # blocks render in parallel; the files do not depend on the thread count
         params:
             settings=config["synthetic"],
         script:

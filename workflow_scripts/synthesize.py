@@ -16,7 +16,9 @@ def main(smk):
         n_test=s["n_test"],
         seed=s["seed"],
         poison=s["poison"],
+        workers=smk.threads,
     )
 
 
-run_script(snakemake, main)
+if __name__ == "__main__":  # the generator's worker processes re-import this file
+    run_script(snakemake, main)
