@@ -24,7 +24,7 @@ rule benchmark:
         cpus_per_task=lambda wildcards: config["partitions"][wildcards.partition]["cpus"],
         gpu=lambda wildcards: config["partitions"][wildcards.partition]["gpus"],
         # the train split is held in memory (memory-mapped when it would not fit)
-        mem_mb=lambda wildcards, input: 3000 + int(1.2 * input.size_mb),
+        mem_mb=lambda wildcards, input: 3000 + int(1.2 * input_mb(input)),
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["benchmark"],

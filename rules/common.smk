@@ -1,4 +1,5 @@
 # Shared helpers: config validation, every path pattern (written once, here), input functions.
+import os
 import sys
 from pathlib import Path
 
@@ -92,6 +93,12 @@ CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
 THROUGHPUT_PLOT = SUMMARY / "throughput_scaling.png"
+
+
+def input_mb(input):
+    """Size of a job's existing input files in MB (plain stat calls: `input.size_mb` is async in
+    Snakemake 9 and warns when evaluated outside a job, e.g. by --report)."""
+    return sum(os.path.getsize(f) for f in input if os.path.exists(f)) / 2**20
 
 
 def raw_files(split):

@@ -4,6 +4,12 @@
 from pcamflow.store import array_path, store_files
 
 REPRO_ORIGINAL = config["reproducibility"]["run"].rstrip("/")
+if REPRO_ORIGINAL and str(Path(REPRO_ORIGINAL).parent) not in {
+    str(RESULTS / "runs" / point) for point in PARAMSPACE.instance_patterns
+}:
+    raise WorkflowError(
+        f"config key 'reproducibility.run': {REPRO_ORIGINAL} is not a run of a grid point of this config"
+    )
 # The test split's meta CSV (scanning centre) when the data has one: synthetic always, PCAM if present.
 TEST_META = RAW_META.format(split="test")
 
@@ -95,9 +101,9 @@ rule slices:
 
 rule reproducibility:
     input:
-        champion=CHAMPION_JSON,
-        # the run to repeat: the deployed champion run (recorded in champion.json) or reproducibility.run
-        run=[f"{REPRO_ORIGINAL}/run.json"] if REPRO_ORIGINAL else [],
+        # the run to repeat: reproducibility.run (its twin can train beside the sweep), else the
+        # deployed champion run named in champion.json (known once the sweep is done)
+        run=[f"{REPRO_ORIGINAL}/{name}" for name in RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
         store=store_files(PREPARED, ["train", "valid"]),
     output:
         json=report(

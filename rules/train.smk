@@ -30,7 +30,7 @@ rule train:
     threads: config["training"]["threads"]
     resources:
         # the train and valid arrays are read into memory (memory-mapped when they would not fit)
-        mem_mb=lambda wildcards, input: 2000 + int(2 * input.size_mb),
+        mem_mb=lambda wildcards, input: 2000 + int(2 * input_mb(input)),
     params:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),

@@ -246,7 +246,8 @@ SHOW_EVERY_RESULT = r"""
       }
       if (!img) { out.failures.push(path + ": not shown"); continue; }
       try { await img.decode(); } catch (err) { out.failures.push(path + ": " + err); continue; }
-      if (!(img.complete && img.naturalWidth > 0 && img.naturalHeight > 0)) out.failures.push(path + ": empty");
+      const drawn = img.complete && img.naturalWidth > 0 && img.naturalHeight > 0;
+      if (!drawn) out.failures.push(path + ": empty");
       out.images++;
     } else if (result.mime_type === "text/html") {
       app.setView({content: "html", contentPath: result.data_uri, resultPath: path});

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -78,6 +79,19 @@ def test_reproducibility_can_repeat_a_chosen_run_trained_first_when_missing(work
     out = snakemake(workflow_dir, "--dry-run", "--configfile", chosen).stdout
     (inputs,) = re.findall(r"^rule reproducibility:\n    input: (.*)$", out, re.M)
     assert f"{outside}/run.json" in inputs
+    assert "champion.json" not in inputs  # a chosen run's twin need not wait for the whole sweep
+
+
+def test_reproducibility_run_outside_the_grid_is_one_clear_error(workflow_dir):
+    outside = write_config(
+        workflow_dir,
+        "outside.yaml",
+        {"reproducibility": {"run": "results/runs/model~cnn/lr~0.5/batch_size~64/optimizer~adam/seed~1"}},
+    )
+    proc = snakemake(workflow_dir, "--dry-run", "--configfile", outside, check=False)
+    assert proc.returncode != 0
+    assert "config key 'reproducibility.run'" in proc.stdout + proc.stderr
+    assert "is not a run of a grid point of this config" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -119,3 +133,13 @@ def test_metrics_avg_from_scratch_then_a_new_seed_or_grid_value_trains_only_the_
     assert jobs == {"train": 1, "aggregate": 1}
     (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_lrs)
     assert "/lr~0.01/" in output
+
+    # the twin of a chosen run trains beside the sweep: no champion, no evaluation needed first
+    run = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~1"
+    chosen = write_config(workflow_dir, "chosen.yaml", dict(TINY, reproducibility={"run": run}))
+    assert planned_jobs(workflow_dir, "results/summary/reproducibility.json", "--configfile", chosen) == {
+        "reproducibility": 1
+    }
+    snakemake(workflow_dir, "--cores", "2", "results/summary/reproducibility.json", "--configfile", chosen)
+    result = json.loads((workflow_dir / "results/summary/reproducibility.json").read_text())
+    assert result["original"] == run and result["identical"] is True

@@ -1,4 +1,4 @@
-"""Rule evaluate: the champion on test with bootstrap intervals, the validation threshold and the baselines."""
+"""Rule evaluate: the champion on test with bootstrap intervals, a validation threshold, the baselines."""
 
 from pcamflow.evaluate import write_evaluation
 from pcamflow.smk import run_script

@@ -1,12 +1,13 @@
-"""Rule reproducibility: train the deployed champion run again (same config and seed) and compare."""
+"""Rule reproducibility: train a run again with its own config and seed (default: the champion), compare."""
 
 from pcamflow.repro import write_reproducibility
 from pcamflow.smk import run_script
 
 
 def main(smk):
+    champion = "" if smk.params.run else smk.input.run[0]
     write_reproducibility(
-        smk.input.champion, smk.output.json, smk.output.html, smk.output.twin, smk.params.state
+        champion, smk.output.json, smk.output.html, smk.output.twin, smk.params.state, smk.params.run
     )
 
 

@@ -108,5 +108,7 @@ def grid_points(cfg: dict) -> list[dict]:
     for key in GRID_KEYS:
         if not grid.get(key):
             raise PcamflowError(f"config key 'grid.{key}': the list is empty; give at least one value")
-    keys = list(grid)
+    keys = [k for k in GRID_KEYS if k in grid] + sorted(
+        set(grid) - set(GRID_KEYS)
+    )  # paths never depend on YAML order
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]

@@ -242,7 +242,7 @@ def build_models(
     target_recall: float,
     tta: bool,
 ) -> tuple[list[Model], list[dict]]:
-    """The champion's seeds (thresholds chosen on validation), the no-TTA variant when tta, and the baselines."""
+    """The champion's seeds (thresholds chosen on validation), its no-TTA variant with tta, the baselines."""
     variants = [("champion", "_tta"), ("champion without TTA", "")] if tta else [("champion", "")]
     models, thresholds = [], []
     for predictor, suffix in variants:
@@ -293,7 +293,8 @@ def evaluate_champion(
             "resamples": settings["bootstrap"],
             "ci": settings["ci"],
             "seed": settings["seed"],
-            "method": "percentile interval; each resample draws the test tiles with replacement and is shared by every model",
+            "method": "percentile interval; each resample draws the test tiles with replacement "
+            "and is shared by every model",
         },
         "target_recall": settings["target_recall"],
         "thresholds": thresholds,
@@ -399,7 +400,7 @@ def _none_if_nan(value):
 def write_champion_predictions(
     champion_json, store_dir, out, *, tta: bool, batch_size: int, device: str
 ) -> None:
-    """predictions.npz: every champion checkpoint's P(positive) on valid and test, with labels and raw indices."""
+    """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
     from .io import read_json
     from .store import load_split, load_stats
     from .train import resolve_device
@@ -488,10 +489,9 @@ def evaluation_notes(summary: dict) -> list[str]:
     return [
         f"Test split: {summary['test']['n']} tiles, {summary['test']['positives']} positive. "
         f"Predictions: {summary['predictions']}.",
-        "Cells: value ± std over the champion's seeds (mean rows) [95% bootstrap interval]"
-        if boot["ci"] == 0.95
-        else f"Cells: value ± std over seeds [{boot['ci']:.0%} bootstrap interval]",
-        f"Intervals: {boot['resamples']} bootstrap resamples of the test tiles (seed {boot['seed']}), shared by every row.",
-        f"Validation threshold: chosen per seed on validation for recall >= {summary['target_recall']} and applied "
-        f"unchanged to test ({thresholds}).",
+        f"Cells: value ± std over the champion's seeds (mean rows) [{boot['ci']:.0%} bootstrap interval].",
+        f"Intervals: {boot['resamples']} bootstrap resamples of the test tiles (seed {boot['seed']}), "
+        "shared by every row.",
+        f"Validation threshold: chosen per seed on validation for recall >= {summary['target_recall']}, "
+        f"applied unchanged to test ({thresholds}).",
     ]

@@ -44,7 +44,7 @@ def epoch_frame(histories: Mapping[int, dict]) -> pd.DataFrame:
 
 
 def plot_training_curves(histories: Mapping[int, dict], title: str, path: str | os.PathLike) -> None:
-    """Per-epoch curves of one grid point: mean over seeds with a +-1 std band; dotted lines at best epochs."""
+    """Per-epoch curves of one grid point: mean over seeds, a +-1 std band, dotted lines at best epochs."""
     frame = epoch_frame(histories)
     fig, axes = plt.subplots(
         1, len(EPOCH_PANELS), figsize=(4.2 * len(EPOCH_PANELS), 3.6), layout="constrained"
@@ -170,7 +170,10 @@ def plot_confusions(rows: Sequence[Sequence[tuple[str, np.ndarray]]], path: str 
 def plot_roc_pr(
     curves: Mapping[str, dict], markers: Sequence[dict], prevalence: float, path: str | os.PathLike
 ) -> None:
-    """ROC and PR curves. curves: label -> {fpr, tpr, recall, precision}; markers: {label, fpr, tpr, recall, precision}."""
+    """ROC and PR curves.
+
+    curves: label -> {fpr, tpr, recall, precision}; markers: [{label, marker, fpr, tpr, recall, precision}].
+    """
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4.3))
     for label, c in curves.items():
         roc.plot(c["fpr"], c["tpr"], lw=1.2, label=label)
@@ -231,5 +234,6 @@ def html_table(frame: pd.DataFrame, title: str, path: str | os.PathLike, notes: 
 _TABLE_CSS = (
     "body{font-family:sans-serif;font-size:13px;margin:12px}"
     "table{border-collapse:collapse}th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
-    "td{white-space:nowrap}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}p{color:#444;max-width:60em}"
+    "td{white-space:nowrap}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    "p{color:#444;max-width:60em}"
 )

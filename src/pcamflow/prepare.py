@@ -23,7 +23,7 @@ from . import constants
 from .audit import audit_split, cross_split_duplicates
 from .config import validate_config
 from .errors import PcamflowError
-from .io import read_json, write_json
+from .io import read_json, sha256sum, write_json
 from .rawdata import channel_histograms, clean_tiles, open_split, split_paths
 from .store import MANIFEST_FILE, STATS_FILE, array_path
 
@@ -72,7 +72,7 @@ def prepare_store(
             raise PcamflowError("prepare: no train split given; the channel statistics come from train only")
         stats = _stats(histogram, plans, drop_black_white_from, drop_cross_split_duplicates)
         write_json(tmp / STATS_FILE, stats)
-        digests[STATS_FILE] = _file_sha256(tmp / STATS_FILE)
+        digests[STATS_FILE] = sha256sum(tmp / STATS_FILE)
         write_json(tmp / MANIFEST_FILE, _manifest(digests, audits))
         _move_into(tmp, out_dir, [*digests, MANIFEST_FILE])
     finally:
@@ -205,7 +205,7 @@ def _write_split(
     for name, array in (("y", labels), ("index", index)):
         path = array_path(tmp, split, name)
         np.save(path, array)
-        digests[path.name] = _file_sha256(path)
+        digests[path.name] = sha256sum(path)
     return digests, histogram
 
 
@@ -262,8 +262,3 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     np.lib.format.write_array_header_1_0(buffer, header)
     return buffer.getvalue()
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()

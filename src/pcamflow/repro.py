@@ -78,7 +78,8 @@ def compare_runs(original: str | os.PathLike, twin: str | os.PathLike) -> dict:
         "identical": bool(identical),
         "original": str(original),
         "twin": str(twin),
-        "compared": f"history.json (timing fields {', '.join(sorted(TIMING_FIELDS))} left out) and {COMPARED_CHECKPOINT}",
+        "compared": f"history.json (timing fields {', '.join(sorted(TIMING_FIELDS))} left out) "
+        f"and {COMPARED_CHECKPOINT}",
         "final_epoch": final,
         "largest_difference": {"history": history, "weights": weights},
     }
@@ -126,8 +127,9 @@ def _array(tensor) -> np.ndarray:
 
 
 def write_reproducibility(champion_json, out_json, out_html, twin_dir, state_dir, run_dir: str = "") -> dict:
-    """Train a run again from its own run.json config and seed (default: the deployed champion run),
-    compare the twins, and write reproducibility.json and its HTML table."""
+    """Train a run again from its own run.json config and seed, compare the twins, and write
+    reproducibility.json and its HTML table. The run is run_dir, or (when empty) the deployed
+    champion run named in champion_json."""
     from .io import read_json, write_json
     from .plots import html_table
     from .train import run_training

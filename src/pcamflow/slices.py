@@ -48,7 +48,7 @@ def intensity_slices(intensity: np.ndarray, dark: float, bright: float) -> dict[
 def centre_slices(
     meta: pd.DataFrame | None, raw_index: np.ndarray, meta_name: str = "meta CSV"
 ) -> dict[str, np.ndarray]:
-    """One slice per scanning centre, from the meta CSV row of each tile's raw index; {} without a centre column."""
+    """One slice per scanning centre, from the meta CSV row of each tile's raw index ({} without a centre)."""
     if meta is None or CENTRE_COLUMN not in meta.columns:
         return {}
     if len(raw_index) and raw_index.max() >= len(meta):
@@ -193,7 +193,8 @@ def write_slices(
         plot_gallery(
             np.asarray(test.x[rows]),
             gallery_labels(rows, prob, test.index),
-            f"Most confident {title} of seed {deploy['seed']} at threshold {threshold:.3f} (true colours; raw = row in the test H5)",
+            f"Most confident {title} of seed {deploy['seed']} at threshold {threshold:.3f} "
+            "(true colours; raw = row in the test H5)",
             out[kind],
         )
     return table
