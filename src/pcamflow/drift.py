@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rawdata import channel_histograms
+from .rawdata import channel_histograms, histogram_moments
 
 CHANNELS = ("R", "G", "B")
 LEVELS = 256
@@ -41,15 +41,6 @@ class HistogramAccumulator:
         if len(tiles):
             self.counts += channel_histograms(tiles)
             self.n_tiles += len(tiles)
-
-
-def histogram_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std on the [0, 1] scale of a (3, 256) histogram."""
-    values = np.arange(LEVELS, dtype=np.float64) / (LEVELS - 1)
-    weights = counts / counts.sum(axis=1, keepdims=True)
-    mean = (weights * values).sum(axis=1)
-    var = (weights * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)
-    return mean, np.sqrt(var)
 
 
 def wasserstein1(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:

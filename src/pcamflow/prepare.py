@@ -24,7 +24,7 @@ from .audit import audit_split, cross_split_duplicates
 from .config import validate_config
 from .errors import PcamflowError
 from .io import read_json, sha256sum, write_json
-from .rawdata import channel_histograms, clean_tiles, open_split, split_paths
+from .rawdata import channel_histograms, clean_tiles, histogram_moments, open_split, split_paths
 from .store import MANIFEST_FILE, STATS_FILE, array_path
 
 log = logging.getLogger(__name__)
@@ -211,16 +211,13 @@ def _write_split(
 
 def _stats(histogram: np.ndarray, plans: dict, drop_black_white_from, drop_cross_split_duplicates) -> dict:
     """Per-channel mean/std on the [0, 1] scale from the exact value histogram of kept train tiles."""
-    values = np.arange(256, dtype=np.float64) / 255.0
-    pixels = histogram.sum(axis=1).astype(np.float64)
-    mean = (histogram * values).sum(axis=1) / pixels
-    var = (histogram * (values[None, :] - mean[:, None]) ** 2).sum(axis=1) / pixels
+    mean, std = histogram_moments(histogram)
     return {
         "mean": mean.tolist(),
-        "std": np.sqrt(var).tolist(),
+        "std": std.tolist(),
         "scale": "value / 255",
         "computed_on": "kept train tiles",
-        "pixels_per_channel": int(pixels[0]),
+        "pixels_per_channel": int(histogram[0].sum()),
         "counts": {
             split: {
                 "raw": plan.n_raw,

@@ -109,6 +109,15 @@ def channel_histograms(tiles: np.ndarray) -> np.ndarray:
     )
 
 
+def histogram_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std on the [0, 1] scale of a (3, 256) histogram of uint8 values."""
+    values = np.arange(counts.shape[1], dtype=np.float64) / (counts.shape[1] - 1)
+    weights = counts / counts.sum(axis=1, keepdims=True)
+    mean = (weights * values).sum(axis=1)
+    var = (weights * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)
+    return mean, np.sqrt(var)
+
+
 def split_paths(raw_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
     """The (x, y) file paths of a split inside a directory of PCAM files."""
     raw_dir = Path(raw_dir)
