@@ -5,7 +5,15 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow.pipeline import D4_SIZE, BatchLoader, GpuTransform, apply_d4, predict_proba
+from pcamflow.pipeline import (
+    D4_SIZE,
+    BatchLoader,
+    GpuTransform,
+    _d4_affine,
+    _d4_index_maps,
+    apply_d4,
+    predict_proba,
+)
 from pcamflow.store import Split, load_split, load_stats
 
 
@@ -134,6 +142,43 @@ def test_channels_last_gives_the_same_values_in_channels_last_layout(store, spli
     cl = GpuTransform(stats, channels_last=True).to_input(x, train=False)
     assert cl.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(cl, GpuTransform(stats).to_input(x, train=False))
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])  # 40: the kernel shares the tiles out over 2 threads
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"augment": False}],
+    ids=["d4", "jitter", "channels_last", "no_augment"],
+)
+def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, split, batch, options):
+    stats = load_stats(store)
+    x = torch.from_numpy(np.array(split.x[np.arange(batch) % len(split.x)]))
+    compiled, torch_ops = GpuTransform(stats, **options), GpuTransform(stats, compiled=False, **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for train in (True, False):
+            a = compiled.to_input(x, train=train, generator=torch.Generator().manual_seed(3))
+            b = torch_ops.to_input(x, train=train, generator=torch.Generator().manual_seed(3))
+            assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (batch, 3, 96, 96)
+            assert a.stride() == b.stride()
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 96])
+def test_d4_affine_form_gives_every_index_map(size):
+    maps = _d4_index_maps(size).numpy().reshape(D4_SIZE, size, size)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    for t, (base, row_step, col_step) in enumerate(_d4_affine(size)):
+        np.testing.assert_array_equal(base + i * row_step + j * col_step, maps[t])
+
+
+def test_compiled_transform_refuses_tiles_it_was_not_written_for(store):
+    transform = GpuTransform(load_stats(store))
+    with pytest.raises(ValueError, match=r"square RGB tiles"):
+        transform.to_input(torch.zeros((2, 96, 64, 3), dtype=torch.uint8), train=False)
 
 
 class _CentreProbe(torch.nn.Module):

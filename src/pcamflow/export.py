@@ -59,8 +59,8 @@ def tile_classifier(model, stats: dict):
         def __init__(self):
             super().__init__()
             self.model = model.eval()
-            # The object evaluation uses, so the exported graph holds the training normalisation.
-            self.transform = GpuTransform(stats, device="cpu", augment=False)
+            # Evaluation's transform, in torch ops (traceable), so the graph holds the training normalisation.
+            self.transform = GpuTransform(stats, device="cpu", augment=False, compiled=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.model(self.transform.to_input(x, train=False)), dim=1)[:, 1]

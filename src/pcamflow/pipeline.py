@@ -16,9 +16,11 @@ import numpy as np
 import torch
 
 from .constants import TILE_SHAPE
+from .cpu_kernel import CHANNELS, d4_normalise_threaded
 from .store import Split
 
 D4_SIZE = 8  # 4 rotations x {identity, flip}
+_NO_NORMALISE = (np.ones(CHANNELS, np.float32), np.zeros(CHANNELS, np.float32))  # x * 1 + 0
 
 
 class BatchLoader:
@@ -43,7 +45,7 @@ class BatchLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.x = split.x
-        self.y = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
+        self.y = np.asarray(split.y, dtype=np.int64)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.balanced = balanced
@@ -53,8 +55,8 @@ class BatchLoader:
         self.epoch = 0  # epochs completed
         self.position = 0  # batches handed out in the current epoch
         self._epoch_start_state: torch.Tensor | None = None  # set while an epoch is in progress
-        self._order: torch.Tensor | None = None
-        self._weights = _balanced_weights(self.y) if balanced else None
+        self._order: np.ndarray | None = None  # this epoch's sample indices
+        self._weights = _balanced_weights(torch.from_numpy(self.y)) if balanced else None
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -94,20 +96,26 @@ class BatchLoader:
         self._epoch_start_state = self.generator.get_state()
         n = len(self.y)
         if self.balanced:
-            self._order = torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
+            order = torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
         elif self.shuffle:
-            self._order = torch.randperm(n, generator=self.generator)
+            order = torch.randperm(n, generator=self.generator)
         else:
-            self._order = torch.arange(n)
+            order = torch.arange(n)
+        self._order = order.numpy()  # per-batch indexing in numpy: a few torch calls fewer per batch
         self.position = 0
 
-    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # Sorted indices read a memory-mapped file front to back; the batch's content is unchanged.
-        idx = torch.sort(idx).values
+        idx = np.sort(idx)
         pin = self.device.type == "cuda"
-        x = torch.empty((len(idx), *TILE_SHAPE), dtype=torch.uint8, pin_memory=pin)
-        np.take(self.x, idx.numpy(), axis=0, out=x.numpy(), mode="clip")
-        y = self.y[idx]
+        shape = (len(idx), *TILE_SHAPE)
+        x = (
+            torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            if pin
+            else torch.from_numpy(np.empty(shape, np.uint8))
+        )
+        np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
+        y = torch.from_numpy(self.y[idx])
         if pin:
             return x.to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x, y
@@ -145,7 +153,9 @@ class GpuTransform:
 
     Normalisation uses the train-only statistics of the store (`pcamflow.store.load_stats`).
     Random draws come from the CPU `generator` the caller passes (part of the checkpointed state),
-    so augmentation is reproducible whatever the device.
+    so augmentation is reproducible whatever the device. On a CPU the D4 view, the conversion and
+    the normalisation run as one compiled pass (`pcamflow.cpu_kernel`); `compiled=False` keeps to
+    torch ops (what `torch.export` can trace). Both give bit-identical values.
     """
 
     def __init__(
@@ -156,6 +166,7 @@ class GpuTransform:
         augment: bool = True,
         color_jitter: float = 0.0,
         channels_last: bool = False,
+        compiled: bool = True,
     ):
         self.device = torch.device(device)
         mean = torch.tensor(stats["mean"], dtype=torch.float32, device=self.device)
@@ -166,21 +177,39 @@ class GpuTransform:
         self.augment = augment
         self.color_jitter = color_jitter
         self.channels_last = channels_last
+        self.compiled = compiled and self.device.type == "cpu"
+        if self.compiled:  # the kernel's (scale, shift) with and without normalisation
+            self._kernel_args = {True: (self.scale.numpy(), self.shift.numpy()), False: _NO_NORMALISE}
 
     def to_input(self, x_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None):
-        x = x_uint8.to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # an NCHW view, no copy
+        x_uint8 = x_uint8.to(self.device, non_blocking=True)
+        transforms = None
         if train and self.augment:
-            transforms = torch.randint(0, D4_SIZE, (len(x),), generator=generator)
-            x = _d4_nchw_float(x, transforms.to(self.device))
-        else:
-            x = torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(x)
+            transforms = torch.randint(0, D4_SIZE, (x_uint8.shape[0],), generator=generator)
         if train and self.color_jitter > 0:
-            x = self._jitter(x, generator)
-        # (x / 255 - mean) / std as one in-place multiply-add per channel, in NCHW order
-        x = x.mul_(self.scale.view(1, 3, 1, 1)).add_(self.shift.view(1, 3, 1, 1))
+            # jitter works on 0..255 values, so normalisation waits until after it
+            x = self._jitter(self._d4_float(x_uint8, transforms, normalise=False), generator)
+            x = self._normalise_(x)
+        else:
+            x = self._d4_float(x_uint8, transforms, normalise=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     __call__ = to_input
+
+    def _d4_float(self, x: torch.Tensor, transforms: torch.Tensor | None, *, normalise: bool) -> torch.Tensor:
+        """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (none: as is)."""
+        if self.compiled:
+            return _d4_normalise_compiled(x, transforms, *self._kernel_args[normalise])
+        x = x.permute(0, 3, 1, 2)  # an NCHW view, no copy
+        if transforms is None:
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(x)
+        else:
+            out = _d4_nchw_float(x, transforms.to(x.device))
+        return self._normalise_(out) if normalise else out
+
+    def _normalise_(self, x: torch.Tensor) -> torch.Tensor:
+        """(x / 255 - mean) / std as one in-place multiply-add per channel, in NCHW order."""
+        return x.mul_(self.scale.view(1, 3, 1, 1)).add_(self.shift.view(1, 3, 1, 1))
 
     def _jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Per-sample brightness and saturation factors in [1 - s, 1 + s]; values stay in [0, 255]."""
@@ -195,8 +224,8 @@ class GpuTransform:
 def _d4_nchw_float(x: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """float32 NCHW copy of uint8 NCHW tiles, tile i turned by D4 element transforms[i] (as apply_d4).
 
-    One flip/rot90 per D4 element on the samples that drew it: about 3x cheaper on a CPU than a
-    per-pixel gather, and the uint8 -> float conversion happens in the same copy.
+    One flip/rot90 per D4 element on the samples that drew it: about 3x cheaper than a per-pixel
+    gather, and the uint8 -> float conversion happens in the same copy.
     """
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for t in range(D4_SIZE):
@@ -206,6 +235,30 @@ def _d4_nchw_float(x: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
             v = v.flip(3) if t // 4 else v
             out.index_copy_(0, sel, torch.rot90(v, t % 4, dims=(2, 3)).float())
     return out
+
+
+@functools.cache
+def _d4_affine(size: int) -> np.ndarray:
+    """(8, 3) int64: row t's source pixel of output (i, j) is base + i * row_step + j * col_step."""
+    maps = _d4_index_maps(size).numpy().reshape(D4_SIZE, size, size)
+    base = maps[:, 0, 0]
+    if size == 1:
+        return np.stack([base, base, base], axis=1)  # one pixel: the steps are never used
+    return np.stack([base, maps[:, 1, 0] - base, maps[:, 0, 1] - base], axis=1)
+
+
+def _d4_normalise_compiled(
+    x: torch.Tensor, transforms: torch.Tensor | None, scale: np.ndarray, shift: np.ndarray
+) -> torch.Tensor:
+    """`cpu_kernel.d4_normalise` on CPU tensors: uint8 (B, H, H, 3) -> float32 (B, 3, H, H)."""
+    b, h, w, c = x.shape
+    if h != w or c != CHANNELS:
+        raise ValueError(f"expected square RGB tiles (B, H, H, {CHANNELS}), got {tuple(x.shape)}")
+    transforms = np.zeros(b, dtype=np.int64) if transforms is None else transforms.numpy()  # 0: identity
+    out = np.empty((b, c, h * w), dtype=np.float32)
+    x = x.contiguous().numpy().reshape(b, -1)
+    d4_normalise_threaded(x, transforms, _d4_affine(h), scale, shift, out, h, w, torch.get_num_threads())
+    return torch.from_numpy(out).view(b, c, h, w)
 
 
 @torch.no_grad()

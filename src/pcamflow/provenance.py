@@ -35,6 +35,7 @@ def git_state(path: str | os.PathLike = CODE_DIR) -> dict:
 
 
 def versions() -> dict:
+    import numba  # compiles the CPU input transform
     import torchvision
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -43,6 +44,7 @@ def versions() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
+        "numba": numba.__version__,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": cudnn if torch.cuda.is_available() else None,
     }

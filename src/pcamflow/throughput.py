@@ -9,6 +9,10 @@ so data-only < 2 x train  <=>  d > c  <=>  input share > 0.5):
     input-bound when it is below 2. Used when that data row exists.
   - `data_share`: the train row's own time waiting for input / its time; input-bound above 0.5.
     Used when there is no data-only row.
+
+`speedup_vs_naive` (data rows): the pipeline's img/s over the course template's loader (`naive`)
+at the same (partition, device, batch size); the pipeline runs in the process's threads, the naive
+loader in `benchmark.workers` worker processes.
 """
 
 from __future__ import annotations
@@ -46,15 +50,17 @@ def read_throughput(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def add_bottleneck(rows: pd.DataFrame) -> pd.DataFrame:
-    """Add data_share, input_headroom and bottleneck (set on measured train rows only)."""
+    """Add data_share, input_headroom and bottleneck (set on measured train rows only), and
+    speedup_vs_naive (on measured data rows)."""
     out = rows.copy()
     for column in ("img_per_s", "seconds", "data_time_s"):
         out[column] = pd.to_numeric(out[column], errors="coerce")
     ok = out["status"] == "ok"
     train = ok & (out["mode"] == "train")
-    data = out[ok & (out["mode"] == "data")].groupby(PAIR_KEYS)["img_per_s"].max()
-    data_rate = pd.Series(
-        [data.get(tuple(key), np.nan) for key in out[PAIR_KEYS].itertuples(index=False)], index=out.index
+    data = ok & (out["mode"] == "data")
+    data_rate = _paired_rate(out, data)
+    out["speedup_vs_naive"] = (
+        (out["img_per_s"] / _paired_rate(out, ok & (out["mode"] == "naive"))).where(data).round(1)
     )
     out["data_share"] = (out["data_time_s"] / out["seconds"]).where(train).round(4)
     out["input_headroom"] = (data_rate / out["img_per_s"]).where(train).round(3)
@@ -64,6 +70,14 @@ def add_bottleneck(rows: pd.DataFrame) -> pd.DataFrame:
     out["bottleneck"] = np.where(input_bound.astype(bool), INPUT_BOUND, COMPUTE_BOUND)
     out["bottleneck"] = out["bottleneck"].where(train, "")
     return out
+
+
+def _paired_rate(rows: pd.DataFrame, measured: pd.Series) -> pd.Series:
+    """For every row, the img/s of the `measured` row with its (partition, device, batch size); NaN if none."""
+    rate = rows[measured].groupby(PAIR_KEYS)["img_per_s"].max()
+    return pd.Series(
+        [rate.get(tuple(key), np.nan) for key in rows[PAIR_KEYS].itertuples(index=False)], index=rows.index
+    )
 
 
 def plot_scaling(rows: pd.DataFrame, path: str | os.PathLike) -> None:
