@@ -266,7 +266,7 @@ def timed_steps(batches: Iterator, step: Callable, *, warmup: int, steps: int, d
         sync()
         if i >= warmup:
             data_time += time.perf_counter() - before
-            images += len(batch[0])
+            images += batch[0].shape[0]
         step(batch)
         sync()
     return Measurement(

@@ -255,10 +255,11 @@ def _d4_normalise_compiled(
     if h != w or c != CHANNELS:
         raise ValueError(f"expected square RGB tiles (B, H, H, {CHANNELS}), got {tuple(x.shape)}")
     transforms = np.zeros(b, dtype=np.int64) if transforms is None else transforms.numpy()  # 0: identity
-    out = np.empty((b, c, h * w), dtype=np.float32)
+    out = np.empty((b, c, h, w), dtype=np.float32)
+    planes = out.reshape(b, c, h * w)  # a view: the kernel writes `out`
     x = x.contiguous().numpy().reshape(b, -1)
-    d4_normalise_threaded(x, transforms, _d4_affine(h), scale, shift, out, h, w, torch.get_num_threads())
-    return torch.from_numpy(out).view(b, c, h, w)
+    d4_normalise_threaded(x, transforms, _d4_affine(h), scale, shift, planes, h, w, torch.get_num_threads())
+    return torch.from_numpy(out)
 
 
 @torch.no_grad()
