@@ -56,6 +56,7 @@ class BatchLoader:
         self.position = 0  # batches handed out in the current epoch
         self._epoch_start_state: torch.Tensor | None = None  # set while an epoch is in progress
         self._order: np.ndarray | None = None  # this epoch's sample indices
+        self._labels: np.ndarray | None = None  # and their labels
         self._weights = _balanced_weights(torch.from_numpy(self.y)) if balanced else None
 
     def __len__(self) -> int:
@@ -66,11 +67,10 @@ class BatchLoader:
         if self._order is None:
             self._start_epoch()
         while self.position < len(self):
-            start = self.position * self.batch_size
-            idx = self._order[start : start + self.batch_size]
+            batch = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
             self.position += 1
-            yield self._gather(idx)
-        self._order = self._epoch_start_state = None
+            yield self._gather(self._order[batch], self._labels[batch])
+        self._order = self._labels = self._epoch_start_state = None
         self.position = 0
         self.epoch += 1
 
@@ -86,7 +86,7 @@ class BatchLoader:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
-        self._order = self._epoch_start_state = None
+        self._order = self._labels = self._epoch_start_state = None
         self.position = 0
         if state["in_epoch"]:
             self._start_epoch()  # redraws the same order from the restored generator
@@ -101,12 +101,11 @@ class BatchLoader:
             order = torch.randperm(n, generator=self.generator)
         else:
             order = torch.arange(n)
-        self._order = order.numpy()  # per-batch indexing in numpy: a few torch calls fewer per batch
+        self._order = _sorted_per_batch(order.numpy(), self.batch_size)
+        self._labels = self.y[self._order]
         self.position = 0
 
-    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        # Sorted indices read a memory-mapped file front to back; the batch's content is unchanged.
-        idx = np.sort(idx)
+    def _gather(self, idx: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         pin = self.device.type == "cuda"
         shape = (len(idx), *TILE_SHAPE)
         x = (
@@ -115,10 +114,20 @@ class BatchLoader:
             else torch.from_numpy(np.empty(shape, np.uint8))
         )
         np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
-        y = torch.from_numpy(self.y[idx])
+        y = torch.from_numpy(labels)
         if pin:
             return x.to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x, y
+
+
+def _sorted_per_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
+    """The epoch's order with each batch's indices sorted: a batch then reads a memory-mapped file
+    front to back. Which tiles form each batch is unchanged; numpy, so a batch costs no torch calls."""
+    order = order.copy()
+    full = len(order) // batch_size * batch_size
+    order[:full] = np.sort(order[:full].reshape(-1, batch_size), axis=1).reshape(-1)
+    order[full:] = np.sort(order[full:])
+    return order
 
 
 def _balanced_weights(y: torch.Tensor) -> torch.Tensor:
