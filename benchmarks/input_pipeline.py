@@ -28,7 +28,9 @@ import numpy as np
 
 from pcamflow import constants
 from pcamflow.bench import BenchSpec, bench_row
+from pcamflow.errors import PcamflowError
 from pcamflow.naive_loader import labels_path
+from pcamflow.rawdata import open_split
 
 RESULTS = Path("results")
 COPY_TILES = 1024  # tiles copied into the float32 layout
@@ -52,7 +54,13 @@ def main() -> None:
     parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=30, help="timed CNN training steps")
     args = parser.parse_args()
+    try:
+        measure(args)
+    except PcamflowError as err:  # missing or malformed data: one line, not a traceback
+        raise SystemExit(f"input_pipeline: error: {err}") from None
 
+
+def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="pcamflow-bench-") as tmp:
         layouts = _layouts(Path(args.raw_x), Path(tmp))
         print(f"pipeline: {args.threads} threads; naive: {args.workers} workers; median of {args.repeats}")
@@ -114,11 +122,10 @@ def _median(repeats: int, **spec) -> float:
 
 def _layouts(raw_x: Path, tmp: Path) -> dict[str, Path]:
     """The workflow's raw file as it is, plus an uncompressed float32 copy of its first tiles."""
-    with h5py.File(raw_x, "r") as fx, h5py.File(labels_path(raw_x), "r") as fy:
-        x = fx[constants.X_KEY]
-        compression = f"{x.compression} chunks {x.chunks}" if x.compression else "uncompressed"
-        layouts = {f"workflow raw file, {x.dtype} {compression}": raw_x}
-        tiles, labels = x[:COPY_TILES], fy[constants.Y_KEY][:COPY_TILES]
+    with open_split(raw_x, labels_path(raw_x)) as raw:
+        compression = f"{raw.x.compression} chunks {raw.x.chunks}" if raw.x.compression else "uncompressed"
+        layouts = {f"workflow raw file, {raw.x.dtype} {compression}": raw_x}
+        tiles, labels = raw.x[:COPY_TILES], raw.labels[:COPY_TILES]
     copy_x = tmp / "copy_float32_x.h5"
     with h5py.File(copy_x, "w") as fx, h5py.File(labels_path(copy_x), "w") as fy:
         fx.create_dataset(constants.X_KEY, data=tiles.astype(np.float32))
