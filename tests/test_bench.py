@@ -255,3 +255,26 @@ def test_naive_sampler_balances_classes():
 def test_naive_mode_needs_a_raw_x_file(tmp_path):
     with pytest.raises(PcamflowError, match="_x.h5"):
         labels_path(tmp_path / "store")
+
+
+@pytest.mark.parametrize("problem", ["directory", "parent is a file", "no permission"])
+def test_an_unwritable_out_fails_before_measuring(problem, store, tmp_path, capsys, monkeypatch):
+    from pcamflow import errors
+
+    (tmp_path / "file").write_text("")
+    out = {
+        "directory": tmp_path,
+        "parent is a file": tmp_path / "file" / "bench.csv",
+        "no permission": tmp_path / "sub" / "bench.csv",
+    }[problem]
+    if problem == "no permission":  # chmod does not stop root, so the check's answer is faked
+        monkeypatch.setattr(errors.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(bench, "bench_row", _must_not_run)
+    assert cli(["bench", *bench_args("data", store, out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pcamflow: error: --out {out}:") and "\n" not in err
+    assert not (tmp_path / "sub").exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the measurement ran although --out cannot be written")

@@ -249,3 +249,28 @@ def test_cuda_gives_the_cpu_probabilities(bundle_dir, bundle, tmp_path):
     x, _ = _tiles()
     gpu = load_bundle(bundle_dir, "cuda")
     np.testing.assert_allclose(predict_tiles(gpu, x), predict_tiles(bundle, x), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("problem", ["directory", "parent is a file", "no permission"])
+def test_an_unwritable_out_fails_before_predicting(problem, bundle_dir, tmp_path, capsys, monkeypatch):
+    from pcamflow import errors, predict
+    from pcamflow.cli import main
+
+    x, y = _tiles()
+    h5 = _h5(tmp_path, x, y)
+    out = {
+        "directory": tmp_path,
+        "parent is a file": h5 / "p.csv",
+        "no permission": tmp_path / "sub" / "p.csv",
+    }[problem]
+    if problem == "no permission":  # chmod does not stop root, so the check's answer is faked
+        monkeypatch.setattr(errors.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(predict, "predict_inputs", _must_not_run)
+    assert main(["predict", "--model", str(bundle_dir), "--out", str(out), "--input", str(h5)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"pcamflow: error: --out {out}:") and "\n" not in err
+    assert not (tmp_path / "sub").exists()
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the work ran although --out cannot be written")

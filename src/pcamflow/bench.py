@@ -33,7 +33,7 @@ import torch
 
 from . import train as trainer
 from .config import validate_training
-from .errors import PcamflowError
+from .errors import PcamflowError, check_output_file
 from .io import write_csv
 from .models import MODELS, build_model
 from .pipeline import BatchLoader, GpuTransform, autocast
@@ -127,6 +127,7 @@ def cli_main(args) -> int:
     reason = invalid_reason(spec)
     if reason:
         raise PcamflowError(reason)
+    check_output_file(args.out)  # before the measurement, not after it
     row = bench_row(spec)
     append_row(args.out, row)
     log.info(_summary_line(row))

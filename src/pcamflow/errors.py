@@ -1,5 +1,36 @@
-"""The one exception type for mistakes a user can fix (bad input, bad config)."""
+"""The one exception type for mistakes a user can fix (bad input, bad config), and small helpers
+that turn common mistakes into its one-line messages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 
 class PcamflowError(Exception):
     """A user-facing error: its message is one line naming the file or key and the problem."""
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output file that cannot be written, before the work that produces it.
+
+    Missing parent folders are fine (the writers create them); a directory at `path`, a file
+    where a parent folder should be, or a folder or file without write permission is not.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PcamflowError(f"{option} {path}: is a directory; give a file name inside it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PcamflowError(f"{option} {path}: file is not writable (permission denied)")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise PcamflowError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PcamflowError(f"{option} {path}: cannot write in {folder} (permission denied)")
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path

@@ -23,7 +23,7 @@ import torch
 
 from . import constants, rawdata
 from .drift import DriftReport, HistogramAccumulator, compare
-from .errors import PcamflowError
+from .errors import PcamflowError, check_output_file
 from .export import MAX_BATCH, Bundle, load_bundle
 from .io import write_csv
 from .pipeline import D4_SIZE, apply_d4
@@ -245,6 +245,7 @@ def _rows(chunk: Chunk, prob: np.ndarray | None, threshold: float) -> pd.DataFra
 
 def cli_main(args) -> int:
     """`pcamflow predict`: exit 0 when every input was predicted, 1 when some were skipped (listed)."""
+    check_output_file(args.out)  # before the prediction, not after it
     bundle = load_bundle(args.model, args.device)
     result = predict_inputs(
         bundle,
