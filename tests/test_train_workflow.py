@@ -86,3 +86,21 @@ def test_train_rule_writes_a_run_and_a_retry_resumes_a_preempted_job(workflow_di
     assert "resuming from" in log  # the retry's log (Snakemake replaced the first attempt's)
     assert not state.exists()  # cleared once the outputs are complete
     assert (workflow_dir / "results" / "benchmarks" / "train" / f"{RUN}.tsv").exists()
+
+
+def test_a_preempted_rule_script_exits_75_with_one_line(tmp_path, capsys):
+    """Every rule script that trains (train, reproducibility) goes through run_script: exit 75, one line."""
+    from types import SimpleNamespace
+
+    from pcamflow.smk import run_script
+    from pcamflow.train import EXIT_PREEMPTED, Preempted
+
+    def preempted_main(smk):
+        raise Preempted("SIGTERM: checkpointed mid-epoch; run again to resume")
+
+    log = tmp_path / "rule.log"
+    with pytest.raises(SystemExit) as stop:
+        run_script(SimpleNamespace(log=[str(log)]), preempted_main)
+    assert stop.value.code == EXIT_PREEMPTED
+    assert log.read_text() == "pcamflow: SIGTERM: checkpointed mid-epoch; run again to resume\n"
+    assert "Traceback" not in capsys.readouterr().err

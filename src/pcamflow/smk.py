@@ -11,7 +11,12 @@ from .errors import PcamflowError
 
 
 def run_script(snakemake, main: Callable[[object], None]) -> None:
-    """Run a rule's script: stderr and logging go to snakemake.log[0]; a PcamflowError exits 1."""
+    """Run a rule's script: stderr and logging go to snakemake.log[0].
+
+    A PcamflowError exits 1 with one line. An exception carrying an `exit_code` (train.Preempted:
+    checkpointed on SIGTERM/SIGUSR1) exits with that code and one line, so Snakemake's retry
+    resumes the run; it is matched by attribute so this module stays free of torch.
+    """
     log_path = snakemake.log[0] if len(snakemake.log) else None
     terminal = sys.stderr
     with contextlib.ExitStack() as stack:
@@ -24,10 +29,19 @@ def run_script(snakemake, main: Callable[[object], None]) -> None:
         try:
             main(snakemake)
         except PcamflowError as err:
-            line = f"pcamflow: error: {err}"
-            print(line, file=sys.stderr)
-            if sys.stderr is not terminal:
-                print(line, file=terminal)
-            sys.exit(1)
+            _exit_with_line(f"pcamflow: error: {err}", 1, terminal)
+        except Exception as err:
+            exit_code = getattr(err, "exit_code", None)
+            if not isinstance(exit_code, int):
+                raise
+            _exit_with_line(f"pcamflow: {err}", exit_code, terminal)
         finally:
             sys.stderr = terminal
+
+
+def _exit_with_line(line: str, exit_code: int, terminal) -> None:
+    """Print `line` to the log (sys.stderr) and to the terminal, then exit with `exit_code`."""
+    print(line, file=sys.stderr)
+    if sys.stderr is not terminal:
+        print(line, file=terminal)
+    sys.exit(exit_code)
