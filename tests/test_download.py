@@ -311,6 +311,27 @@ def test_cli_404_exits_2_with_one_line(server, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "key"),
+    [
+        ("--base-url", "zenodo.org/records/2546921/files", "download.base_url"),
+        ("--retries", "-1", "download.retries"),
+    ],
+)
+def test_cli_bad_option_exits_2_with_one_line_naming_the_key(tmp_path, option, value, key):
+    proc = pcamflow("download", "--data-dir", str(tmp_path), option, value, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("pcamflow: error: ") and key in proc.stderr
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("base_url", ["", "zenodo.org/records/2546921/files"])
+def test_config_base_url_without_scheme_fails_before_any_job(base_url):
+    with pytest.raises(PcamflowError, match="download.base_url"):
+        validate_config({"download": {"base_url": base_url}})
+
+
 def test_cli_with_every_file_present_makes_no_connection(tmp_path):
     for name in RAW_NAMES:
         (tmp_path / name).write_bytes(b"a course copy")

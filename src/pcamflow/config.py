@@ -61,6 +61,11 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
     return validate(cfg, source=source)
 
 
+def validate_section(name: str, settings: dict, source: str = "config") -> dict:
+    """Validate one top-level section on its own (a command's options laid over the defaults)."""
+    return validate_config({name: settings}, source=source)[name]
+
+
 def validate_training(settings: dict, source: str = "training") -> dict:
     """Validate a `training:` block on its own (used by `pcamflow train`)."""
     schema = load_schema()

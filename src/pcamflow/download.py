@@ -341,11 +341,10 @@ def _logging_to(path: str | os.PathLike):
 
 def cli_main(args) -> int:
     """`pcamflow download`: every missing file into --data-dir (with --meta, the meta CSVs too)."""
-    from .config import validate_config
+    from .config import validate_section
 
-    settings = validate_config({"download": {}})["download"]
-    overrides = {k: v for k, v in (("base_url", args.base_url), ("retries", args.retries)) if v is not None}
-    source = Source.from_config({**settings, **overrides})
+    given = {k: v for k, v in (("base_url", args.base_url), ("retries", args.retries)) if v is not None}
+    source = Source.from_config(validate_section("download", given, source="pcamflow download"))
     records = download_missing(args.data_dir, source)
     meta = download_meta(args.data_dir, source) if args.meta else []
     present = len(all_files()) - len(records)
