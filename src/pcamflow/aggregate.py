@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import PcamflowError
 from .io import read_json
-from .train import LOWER_IS_BETTER
+from .metrics import LOWER_IS_BETTER
 
 HISTORY_FILE = "history.json"
 RUN_INFO_FILE = "run.json"

@@ -16,6 +16,9 @@ NO_NEGATIVES = "no negative labels"
 NO_PREDICTED_POSITIVES = "no predicted positives"
 EMPTY = "no samples"
 METRIC_NAMES = ("accuracy", "precision", "recall", "f2", "fbeta", "roc_auc", "pr_auc", "average_precision")
+# Validation (selection) metrics where lower is better; higher is better for every other one. Here,
+# not in train.py, so that aggregation jobs can rank without importing torch.
+LOWER_IS_BETTER = frozenset({"val_loss"})
 
 
 def _labels(y) -> np.ndarray:

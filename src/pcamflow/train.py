@@ -61,7 +61,6 @@ EPOCH_FIELDS = (
     "img_per_s",
 )
 TIMING_FIELDS = ("epoch_time_s", "img_per_s")  # the only fields that differ between twin runs
-LOWER_IS_BETTER = {"val_loss"}
 # val_* names of pcamflow.metrics.binary_metrics keys
 VAL_METRICS = {"accuracy": "val_accuracy", "f2": "val_f2", "roc_auc": "val_auc", "pr_auc": "val_pr_auc"}
 # Training settings that do not change what is learned: a checkpoint written under other values
@@ -646,7 +645,7 @@ def is_better(value: float | None, best: float | None, metric: str) -> bool:
         return False
     if best is None:
         return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    return value < best if metric in metrics.LOWER_IS_BETTER else value > best
 
 
 # ---------------------------------------------------------------- the run
