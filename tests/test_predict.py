@@ -184,6 +184,21 @@ def test_unreadable_inputs_are_listed_and_the_rest_predicted(bundle_dir, tmp_pat
     assert str(tmp_path / "missing.tif") in run.stderr
 
 
+def test_table_columns_keep_their_types_across_failed_and_predicted_rows(bundle, tmp_path):
+    x, y = _tiles(3)
+    h5 = _h5(tmp_path, x, y)
+    Image.fromarray(x[0]).save(tmp_path / "a.png")
+    table = predict_inputs(bundle, [tmp_path / "a.png", tmp_path / "missing.png", h5]).table
+    assert table[["index", "label", "y_true"]].dtypes.eq("Int64").all()
+    assert table["probability"].dtype == np.float64 and table["error"].dtype == object
+    assert list(table["index"]) == [0, pd.NA, 0, 1, 2]
+    assert list(table["y_true"]) == [pd.NA, pd.NA, *y]
+    assert list(table["error"].isna()) == [True, False, True, True, True]
+    failed = table.iloc[1]
+    assert failed["source"] == str(tmp_path / "missing.png") and "no such file" in failed["error"]
+    assert pd.isna(failed["probability"]) and pd.isna(failed["label"])
+
+
 def test_batch_size_changes_nothing_but_speed(bundle, tmp_path):
     x, y = _tiles()
     h5 = _h5(tmp_path, x, y)

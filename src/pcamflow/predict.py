@@ -216,31 +216,31 @@ def predict_inputs(
                     flush()
                 pending.append(chunk)
         flush()
-    table = pd.concat([_rows(c, p, bundle.threshold) for c, p in done], ignore_index=True)
+    table = _table(done, bundle.threshold)
     failures = [c.error for c, _ in done if c.error is not None]
     return PredictResult(
         table=table, drift=compare(bundle.reference, histogram.counts, histogram.n_tiles), failures=failures
     )
 
 
-def _rows(chunk: Chunk, prob: np.ndarray | None, threshold: float) -> pd.DataFrame:
-    if chunk.error is not None:
-        return pd.DataFrame([{"source": chunk.source, "error": chunk.error}], columns=COLUMNS).astype(
-            {"index": "Int64", "label": "Int64", "y_true": "Int64", "probability": "float64"}
-        )
-    return pd.DataFrame(
-        {
-            "source": chunk.source,
-            "index": chunk.index,
-            "probability": prob,
-            "label": (prob >= threshold).astype(np.int64),
-            "y_true": pd.array(
-                chunk.y_true if chunk.y_true is not None else [pd.NA] * len(prob), dtype="Int64"
-            ),
-            "error": None,
-        },
-        columns=COLUMNS,
-    ).astype({"index": "Int64", "label": "Int64"})
+def _table(done: list[tuple[Chunk, np.ndarray | None]], threshold: float) -> pd.DataFrame:
+    """All rows as one DataFrame, built from whole columns: a frame per chunk cost ~1 ms, and a
+    folder of PNGs is one chunk per tile. A failed input is one row with only source and error."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
+    for chunk, prob in done:
+        failed = chunk.error is not None
+        n = 1 if failed else len(chunk.index)
+        missing = np.full(n, np.nan)  # NaN becomes <NA> in the integer columns below
+        parts["source"].append(np.full(n, chunk.source, dtype=object))
+        parts["index"].append(missing if failed else chunk.index)
+        parts["probability"].append(missing if failed else prob)
+        parts["label"].append(missing if failed else prob >= threshold)
+        parts["y_true"].append(missing if chunk.y_true is None else chunk.y_true)
+        parts["error"].append(np.full(n, chunk.error, dtype=object))
+    columns = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    columns["error"] = pd.Series(columns["error"], dtype=object)  # None where none, not str's NaN
+    table = pd.DataFrame(columns, columns=COLUMNS)
+    return table.astype({"index": "Int64", "probability": "float64", "label": "Int64", "y_true": "Int64"})
 
 
 def cli_main(args) -> int:
