@@ -131,6 +131,22 @@ def test_cli_writes_json_plot_and_hashes(tmp_path):
     assert "nan 1" in proc.stdout
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "key"),
+    [("--white-min", "-1", "audit.white_min"), ("--block-size", "0", "audit.block_size")],
+)
+def test_cli_bad_option_exits_2_with_one_line_naming_the_key(tmp_path, option, value, key):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    out = tmp_path / "out" / "train.json"
+    proc = pcamflow(
+        "audit", "--x", str(x_path), "--y", str(y_path), "--out", str(out), option, value, check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("pcamflow: error: ") and key in proc.stderr
+    assert not out.parent.exists()
+
+
 def test_audit_finds_every_fault_the_generator_planted(tmp_path):
     record = write_synthetic(tmp_path, n_train=200, n_valid=100, n_test=100, seed=3, poison=True)
     results = {

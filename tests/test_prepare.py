@@ -183,3 +183,21 @@ def test_cli_bad_input_is_one_line_and_leaves_no_store(tmp_path):
     assert errors == [f"pcamflow: error: {missing}: no such file"]
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "key"),
+    [
+        ("--drop-black-white-from", "trian", "prepare.drop_black_white_from"),
+        ("--block-size", "0", "audit.block_size"),
+    ],
+)
+def test_cli_bad_option_exits_2_with_one_line_naming_the_key(tmp_path, option, value, key):
+    raw_dir, _ = raw_data(tmp_path)
+    proc = pcamflow(
+        "prepare", "--raw-dir", str(raw_dir), "--out", str(tmp_path / "store"), option, value, check=False
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("pcamflow: error: ") and key in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]

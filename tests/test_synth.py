@@ -216,6 +216,14 @@ def test_bad_sizes_are_refused_with_the_key(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_command_line_bad_seed_exits_2_with_one_line_naming_the_key(tmp_path):
+    proc = pcamflow("synth", "--out", str(tmp_path / "synth"), "--seed", "-1", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("pcamflow: error: ") and "synthetic.seed" in proc.stderr
+    assert not (tmp_path / "synth").exists()
+
+
 def test_command_line_writes_the_dataset(tmp_path):
     out = tmp_path / "synth"
     pcamflow("synth", "--out", str(out), "--n-train", "12", "--n-valid", "6", "--n-test", "6", "--poison")

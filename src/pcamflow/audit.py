@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import constants
-from .config import validate_config
+from .config import validate_section
 from .errors import PcamflowError
 from .io import atomic_path, md5sum, read_json, write_json
 from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
@@ -203,10 +203,10 @@ def plot_audit(report: dict, path: str | os.PathLike) -> None:
 
 
 def cli_main(args) -> int:
-    defaults = validate_config({})["audit"]
-    settings = {
-        key: getattr(args, key) if getattr(args, key) is not None else defaults[key] for key in defaults
-    }
+    given = {key: getattr(args, key) for key in ("block_size", "black_max", "white_min")}
+    settings = validate_section(
+        "audit", {k: v for k, v in given.items() if v is not None}, source="pcamflow audit"
+    )
     result = audit_split(args.x, args.y, **settings)
     write_audit(result, args.out, args.plot, args.hashes)
     faults = ", ".join(f"{f} {result.report['faults'][f]['tiles']}" for f in FAULTS)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import constants
 from .audit import audit_split, cross_split_duplicates
-from .config import validate_config
+from .config import validate_section
 from .errors import PcamflowError
 from .io import read_json, sha256sum, write_json
 from .rawdata import channel_histograms, clean_tiles, histogram_moments, open_split, split_paths
@@ -142,13 +142,7 @@ class NpyStreamWriter:
 
 
 def cli_main(args) -> int:
-    cfg = validate_config({})
-    settings = dict(cfg["prepare"])
-    if args.drop_black_white_from is not None:
-        settings["drop_black_white_from"] = [s for s in args.drop_black_white_from.split(",") if s]
-    if args.keep_cross_split_duplicates:
-        settings["drop_cross_split_duplicates"] = False
-    audit_settings = dict(cfg["audit"], **({"block_size": args.block_size} if args.block_size else {}))
+    settings, audit_settings = _settings_from(args)
     raw = {split: split_paths(args.raw_dir, split) for split in constants.SPLITS}
     audits, cross = _audits_for(raw, args.audit_dir, audit_settings)
     stats = prepare_store(
@@ -157,6 +151,20 @@ def cli_main(args) -> int:
     kept = ", ".join(f"{s} {c['kept']}/{c['raw']}" for s, c in stats["counts"].items())
     print(f"{args.out}: prepared store written (kept {kept})")
     return 0
+
+
+def _settings_from(args) -> tuple[dict, dict]:
+    """The `prepare:` and `audit:` sections from the options given, checked by the schema like a config."""
+    given = {}
+    if args.drop_black_white_from is not None:
+        given["drop_black_white_from"] = [s for s in args.drop_black_white_from.split(",") if s]
+    if args.keep_cross_split_duplicates:
+        given["drop_cross_split_duplicates"] = False
+    audit_given = {"block_size": args.block_size} if args.block_size is not None else {}
+    return (
+        validate_section("prepare", given, source="pcamflow prepare"),
+        validate_section("audit", audit_given, source="pcamflow prepare"),
+    )
 
 
 def _audits_for(raw: dict, audit_dir: str | None, settings: dict) -> tuple[dict, dict]:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from .config import validate_section
 from .constants import CENTRE, SPLITS, TILE_SHAPE, X_KEY, Y_KEY, Y_SHAPE, meta_filename, raw_filename
 from .errors import PcamflowError
 from .io import atomic_path, write_csv, write_json
@@ -676,14 +677,6 @@ def _meta_frame(block: SynthBlock, split: str) -> pd.DataFrame:
     )
 
 
-def _check_sizes(sizes: dict[str, int], seed: int) -> None:
-    for split, n in sizes.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PcamflowError(f"synthetic.n_{split}: must be a positive integer, got {n!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise PcamflowError(f"synthetic.seed: must be a non-negative integer, got {seed!r}")
-
-
 def write_synthetic(
     out_dir: str | os.PathLike,
     *,
@@ -699,7 +692,9 @@ def write_synthetic(
     workers: processes rendering blocks (the files are the same for any number).
     Returns the planted record (what planted.json holds)."""
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
-    _check_sizes(sizes, seed)
+    # the `synthetic:` schema checks what a config would (the CLI and library calls skip the config)
+    settings = {f"n_{split}": n for split, n in sizes.items()} | {"seed": seed, "poison": poison}
+    validate_section("synthetic", settings, source="synth")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PcamflowError(f"synth workers: must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir)
