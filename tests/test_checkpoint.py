@@ -50,6 +50,22 @@ def test_load_model_returns_the_weights_in_eval_mode(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_load_model_never_asks_for_the_pretrained_weights_it_overwrites(tmp_path, monkeypatch):
+    import torchvision
+
+    model = build_model("resnet18", {"pretrained": False})
+    run_config = {"model": "resnet18", "training": {"pretrained": True}}  # as trained from ImageNet
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "run_config": run_config})
+
+    def no_download(self, *args, **kwargs):
+        raise AssertionError("ImageNet weights requested by load_model")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", no_download)
+    loaded, _ = load_model(tmp_path / "best.pt")
+    first = next(iter(model.state_dict()))
+    assert torch.equal(loaded.state_dict()[first], model.state_dict()[first])
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker

@@ -214,9 +214,9 @@ def choose_champion(
 
 def count_parameters(model_name: str, training: dict) -> int:
     """Trainable parameters of a registered model built with these training settings."""
-    from .models import build_model
+    from .models import build_architecture
 
-    model = build_model(model_name, training)
+    model = build_architecture(model_name, training)
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
 
 

@@ -56,11 +56,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, run_config) from a checkpoint (best or last)."""
-    from .models import build_model
+    from .models import build_architecture
 
     state = load_checkpoint(path, map_location=device)
     run_config = state["run_config"]
-    model = build_model(run_config["model"], run_config["training"])
+    model = build_architecture(run_config["model"], run_config["training"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), run_config
 

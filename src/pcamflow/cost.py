@@ -69,9 +69,9 @@ def _model_cost(name: str, training_key: tuple) -> ModelCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import build_model
+    from .models import build_architecture
 
-    model = build_model(name, dict(training_key)).to("meta")  # shapes only: no memory, no compute
+    model = build_architecture(name, dict(training_key)).to("meta")  # shapes only: no memory, no compute
     values = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: values.append(out.numel()))

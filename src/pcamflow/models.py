@@ -102,3 +102,9 @@ def build_model(name: str, training: dict | None = None) -> nn.Module:
         width=t.get("cnn_width", 16),
         pretrained=t.get("pretrained", False),
     )
+
+
+def build_architecture(name: str, training: dict | None = None) -> nn.Module:
+    """build_model without pretrained weights, for weights loaded next (a checkpoint) or for counting:
+    only training starts from ImageNet weights; loading them elsewhere is wasted (and fails offline)."""
+    return build_model(name, {**(training or {}), "pretrained": False})

@@ -62,13 +62,15 @@ def weight_differences(state_a: dict, state_b: dict) -> dict:
 
 def compare_runs(original: str | os.PathLike, twin: str | os.PathLike) -> dict:
     """reproducibility.json content for two run directories trained from the same config and seed."""
-    from .checkpoint import load_model
+    from .checkpoint import load_checkpoint
 
     hist_a, hist_b = load_history(original), load_history(twin)
     history = history_differences(hist_a, hist_b)
-    model_a, _ = load_model(Path(original) / COMPARED_CHECKPOINT)
-    model_b, _ = load_model(Path(twin) / COMPARED_CHECKPOINT)
-    weights = weight_differences(model_a.state_dict(), model_b.state_dict())
+    # the saved state dicts themselves: no model (nor pretrained weights) needs building to compare
+    weights = weight_differences(
+        load_checkpoint(Path(original) / COMPARED_CHECKPOINT)["model"],
+        load_checkpoint(Path(twin) / COMPARED_CHECKPOINT)["model"],
+    )
     identical = all(v == 0 for v in history.values() if v is not None) and weights["max_abs_diff"] == 0
     final = {
         name: [hist_a["epochs"][-1].get(name), hist_b["epochs"][-1].get(name)]
