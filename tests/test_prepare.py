@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 from conftest import pcamflow
-from pcam_fixtures import alternating_labels, random_tiles, write_split
+from pcam_fixtures import alternating_labels, random_tiles, write_dataset, write_split
 
 from pcamflow import constants
 from pcamflow.audit import audit_split, cross_split_duplicates
@@ -145,6 +145,40 @@ def test_an_audit_of_other_files_is_refused(tmp_path):
     with pytest.raises(PcamflowError, match="holds 7 tiles but its audit counts 6; rerun the audit"):
         prepare_store(raw, tmp_path / "store", audits=audits, cross=cross, block_size=5, **DEFAULTS)
     assert not (tmp_path / "store").exists()
+
+
+def test_an_audit_of_a_file_with_the_same_tile_count_is_refused(tmp_path):
+    raw_dir, data = raw_data(tmp_path)
+    raw = {s: split_paths(raw_dir, s) for s in constants.SPLITS}
+    audits = {s: audit_split(*raw[s], block_size=5, black_max=10, white_min=245).report for s in raw}
+    write_split(raw_dir, "valid", data["valid"][0].astype(np.uint8), data["valid"][1])  # 6 tiles again
+    with pytest.raises(
+        PcamflowError, match="is stored as uint8 but its audit records float32; rerun the audit"
+    ):
+        prepare_store(raw, tmp_path / "store", audits=audits, cross={"pairs": []}, block_size=5, **DEFAULTS)
+    assert not (tmp_path / "store").exists()
+
+
+def test_cli_refuses_an_audit_dir_of_other_files_naming_both(tmp_path):
+    raw_dir, data = raw_data(tmp_path)
+    audit_dir = tmp_path / "audit"
+    for split in constants.SPLITS:
+        x_path, y_path = split_paths(raw_dir, split)
+        pcamflow("audit", "--x", str(x_path), "--y", str(y_path), "--out", str(audit_dir / f"{split}.json"))
+    (audit_dir / "cross_split.json").write_text('{"pairs": []}')
+    args = ("prepare", "--raw-dir", str(raw_dir), "--audit-dir", str(audit_dir))
+    pcamflow(*args, "--out", str(tmp_path / "fits"))  # the audits of these very files are used
+    assert load_split(tmp_path / "fits", "train").index.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11]
+    # same tile count and dtype, another file: chunked storage changes its size on disk
+    x_path = raw_dir / constants.raw_filename("test", "x")
+    write_dataset(x_path, constants.X_KEY, data["test"][0], chunks=(1, 96, 96, 3))
+    out = tmp_path / "store"
+    proc = pcamflow(*args, "--out", str(out), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert str(x_path) in proc.stderr and str(audit_dir / "test.json") in proc.stderr
+    assert "bytes but its audit records" in proc.stderr
+    assert not out.exists()
 
 
 def test_dropping_every_train_tile_is_an_error(tmp_path):

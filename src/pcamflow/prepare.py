@@ -24,7 +24,15 @@ from .audit import audit_split, cross_split_duplicates
 from .config import validate_section
 from .errors import PcamflowError
 from .io import read_json, sha256sum, write_json
-from .rawdata import channel_histograms, clean_tiles, histogram_moments, open_split, split_paths
+from .rawdata import (
+    RawTiles,
+    channel_histograms,
+    clean_tiles,
+    histogram_moments,
+    open_split,
+    open_tiles,
+    split_paths,
+)
 from .store import MANIFEST_FILE, STATS_FILE, array_path
 
 log = logging.getLogger(__name__)
@@ -175,10 +183,33 @@ def _audits_for(raw: dict, audit_dir: str | None, settings: dict) -> tuple[dict,
         for path in paths.values():
             if not path.exists():
                 raise PcamflowError(f"{path}: audit missing (run `pcamflow audit`, or leave out --audit-dir)")
-        return {s: read_json(paths[s]) for s in raw}, read_json(paths["cross"])
+        audits = {s: read_json(paths[s]) for s in raw}
+        for split, (x_path, _) in raw.items():
+            _check_audit_is_of(audits[split], paths[split], x_path)
+        return audits, read_json(paths["cross"])
     results = {s: audit_split(x, y, split=s, **settings) for s, (x, y) in raw.items()}
     audits = {s: r.report for s, r in results.items()}
     return audits, cross_split_duplicates({s: r.hashes for s, r in results.items()}, audits)
+
+
+def _check_audit_is_of(audit: dict, audit_path: Path, x_path) -> None:
+    """Refuse an audit that was made of another file than x_path (a stale or misplaced --audit-dir)."""
+    with open_tiles(x_path) as raw:
+        mismatch = _audit_mismatch(audit, raw)
+    if mismatch:
+        raise PcamflowError(f"{x_path}: {mismatch} ({audit_path}); rerun the audit or leave out --audit-dir")
+
+
+def _audit_mismatch(audit: dict, raw: RawTiles) -> str | None:
+    """How a raw x file differs from what its audit recorded of it (tiles, dtype, bytes); None if not."""
+    if len(raw) != audit["n_tiles"]:
+        return f"holds {len(raw)} tiles but its audit counts {audit['n_tiles']}"
+    if str(raw.dtype) != audit["dtype"]["x"]:
+        return f"is stored as {raw.dtype} but its audit records {audit['dtype']['x']}"
+    size = raw.x_path.stat().st_size
+    if size != audit["size"]["x_bytes"]:
+        return f"has {size} bytes but its audit records {audit['size']['x_bytes']}"
+    return None
 
 
 # ---- helpers ----
@@ -190,10 +221,9 @@ def _write_split(
     """Stream one split into tmp; return sha256 per file written and the kept tiles' channel histogram."""
     histogram = np.zeros((3, 256), dtype=np.int64)
     with open_split(x_path, y_path) as raw:
-        if len(raw) != plan.n_raw:
-            raise PcamflowError(
-                f"{raw.x_path}: holds {len(raw)} tiles but its audit counts {plan.n_raw}; rerun the audit"
-            )
+        mismatch = _audit_mismatch(audit, raw)
+        if mismatch:
+            raise PcamflowError(f"{raw.x_path}: {mismatch}; rerun the audit")
         index = np.flatnonzero(plan.keep).astype(np.int64)
         x_file = array_path(tmp, split, "x")
         writer = NpyStreamWriter(x_file, (len(index), *constants.TILE_SHAPE), np.uint8)
