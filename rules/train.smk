@@ -7,7 +7,8 @@ RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "o
 
 rule train:
     input:
-        store_files(PREPARED, SPLITS),
+        # the splits training reads (as validate_run_config checks); the test split is not one
+        store_files(PREPARED, ["train", "valid"]),
     output:
         history=f"{RUN_DIR}/history.json",
         metrics=report(
@@ -35,7 +36,7 @@ rule train:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
         training=config["training"],
-        data=lambda wildcards, input: str(Path(input[0]).parent),  # the prepared store
+        data=str(PREPARED),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
         state_dir=STATE_DIR,
     script:
