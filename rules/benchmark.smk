@@ -23,13 +23,14 @@ rule benchmark:
         slurm_partition=lambda wildcards: wildcards.partition,
         cpus_per_task=lambda wildcards: config["partitions"][wildcards.partition]["cpus"],
         gpu=lambda wildcards: config["partitions"][wildcards.partition]["gpus"],
-        # the train split is held in memory (memory-mapped when it would not fit)
-        mem_mb=lambda wildcards, input: 3000 + int(1.2 * input_mb(input)),
+        # the store's train split is held in memory (memory-mapped when it would not fit); the
+        # naive loader reads the raw file one tile at a time, so that file does not count
+        mem_mb=lambda wildcards, input: 3000 + int(1.2 * input_mb(input.store)),
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["benchmark"],
         training=config["training"],
-        store=lambda wildcards, input: Path(input.store[0]).parent,
+        store=PREPARED,
     script:
         "../workflow_scripts/benchmark.py"
 

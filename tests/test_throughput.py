@@ -156,3 +156,28 @@ def test_benchmark_stage_on_the_test_config(workflow_dir):
         assert len(gpu) == 3 and set(gpu["status"]) == {"skipped"} and set(gpu["img_per_s"]) == {""}
         log = (workflow_dir / "results/logs/benchmark/gpu_a100.log").read_text()
         assert "partition gpu_a100 needs CUDA" in log
+
+
+def test_benchmark_memory_counts_the_prepared_store_not_the_raw_file(workflow_dir):
+    from pcamflow.constants import raw_filename
+    from pcamflow.store import store_files
+
+    def sparse(path, mb):  # sizes without writing the bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.truncate(mb * 2**20)
+
+    raw = workflow_dir / "results/data/synthetic"  # config/test.yaml: dataset synthetic
+    for kind, mb in (("x", 4000), ("y", 1)):
+        sparse(raw / raw_filename("train", kind), mb)
+    store = store_files(workflow_dir / "results/prepared", ["train"])
+    for path in store:
+        sparse(path, 500 // len(store))
+    proc = snakemake(
+        workflow_dir,
+        *("-n", "--configfile", "config/test.yaml", "--allowed-rules", "benchmark"),
+        *("--", "results/throughput/rome.csv"),
+    )
+    (mem_mb,) = re.findall(r"mem_mb=(\d+)", proc.stdout + proc.stderr)
+    store_mb = sum(p.stat().st_size for p in store) / 2**20
+    assert int(mem_mb) == 3000 + int(1.2 * store_mb)  # the 4000 MB raw file is read a tile at a time
