@@ -62,6 +62,20 @@ def test_empty_grid_and_seed_lists_are_rejected():
         validate_config({"grid": {"lr": []}})
 
 
+def test_dark_above_bright_fails_at_validation():
+    with pytest.raises(PcamflowError, match=r"'slices.dark' \(0.8\) and 'slices.bright' \(0.75\)"):
+        validate_config({"slices": {"dark": 0.8}})
+    validate_config({"slices": {"dark": 0.5, "bright": 0.5}})  # equal is allowed: an empty middle slice
+
+
+def test_snakemake_rejects_dark_above_bright_before_any_job(workflow_dir, tmp_path):
+    (tmp_path / "slices.yaml").write_text(yaml.safe_dump({"slices": {"dark": 0.9, "bright": 0.2}}))
+    proc = snakemake(workflow_dir, "-n", "--configfile", str(tmp_path / "slices.yaml"), check=False)
+    assert proc.returncode != 0
+    assert "dark must not exceed bright" in proc.stdout + proc.stderr
+    assert not (workflow_dir / "results").exists()
+
+
 def test_grid_points_are_the_full_product():
     cfg = validate_config({"grid": {"model": ["mlp", "cnn"], "lr": [0.1, 0.01], "optimizer": ["adam"]}})
     points = grid_points(cfg)

@@ -58,7 +58,21 @@ def validate(cfg: dict, schema: dict | None = None, source: str = "config") -> d
 
 
 def validate_config(cfg: dict, source: str = "config") -> dict:
-    return validate(cfg, source=source)
+    cfg = validate(cfg, source=source)
+    # rules between keys, which the schema cannot state: checked here so they fail before any job
+    problem = slice_thresholds_problem(cfg["slices"]["dark"], cfg["slices"]["bright"])
+    if problem:
+        raise PcamflowError(f"{source}: {problem}")
+    return cfg
+
+
+def slice_thresholds_problem(dark: float, bright: float) -> str | None:
+    """Why slices.dark and slices.bright do not fit together (None when they do)."""
+    if dark > bright:
+        return (
+            f"config keys 'slices.dark' ({dark}) and 'slices.bright' ({bright}): dark must not exceed bright"
+        )
+    return None
 
 
 def validate_section(name: str, settings: dict, source: str = "config") -> dict:

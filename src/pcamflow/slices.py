@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from .config import slice_thresholds_problem
 from .errors import PcamflowError
 
 SLICE_METRICS = ("accuracy", "recall", "precision", "f2", "roc_auc")
@@ -34,10 +35,9 @@ def mean_intensity(x: np.ndarray) -> np.ndarray:
 
 
 def intensity_slices(intensity: np.ndarray, dark: float, bright: float) -> dict[str, np.ndarray]:
-    if dark > bright:
-        raise PcamflowError(
-            f"config keys 'slices.dark' ({dark}) and 'slices.bright' ({bright}): dark must not exceed bright"
-        )
+    problem = slice_thresholds_problem(dark, bright)
+    if problem:
+        raise PcamflowError(problem)
     return {
         f"dark (< {dark:g})": intensity < dark,
         f"middle ({dark:g} to {bright:g})": (intensity >= dark) & (intensity <= bright),
