@@ -58,10 +58,17 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=20_000, help="train tiles (20,000 float32 = 2.2 GB)")
     parser.add_argument("--n-other", type=int, default=1_000, help="valid and test tiles each")
     parser.add_argument("--block-size", type=int, help="prepare's block size (default: the config schema's)")
-    parser.add_argument("--dir", help="work directory (default: a temporary one); deleted afterwards")
+    parser.add_argument(
+        "--dir",
+        help="where to make the work directory (default: the system's temporary directory); "
+        "only that fresh subdirectory is deleted afterwards",
+    )
     args = parser.parse_args()
 
-    work = Path(args.dir or tempfile.mkdtemp(prefix="pcamflow-rss-"))
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+    # a fresh subdirectory: the rmtree below must never reach files of the user's --dir
+    work = Path(tempfile.mkdtemp(prefix="pcamflow-rss-", dir=args.dir))
     raw_dir = work / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -80,7 +87,7 @@ def main() -> None:
             "--out",
             str(work / "store"),
         ]
-        if args.block_size:
+        if args.block_size is not None:
             cmd += ["--block-size", str(args.block_size)]
         report = run_measured(cmd)
         max_rss_kb = int(report["Maximum resident set size (kbytes)"])
