@@ -3,8 +3,7 @@
 `run_training(run_config, out_dir, state_dir)` is the one entry point (the `train` rule and
 `pcamflow train` call it). A run config is
     {data: <prepared store>, model, lr, batch_size, optimizer, seed, training: {...}}
-(every grid key may appear at the top level; grid keys other than model/lr/batch_size/optimizer
-override the same-named training setting).
+(the grid keys at the top level, every other setting in the validated `training` block).
 
 Resume: the full state (model, optimizer, scheduler, scaler, every RNG, the loader's position inside
 the epoch, history so far) is checkpointed into `state_dir` at every epoch end, every
@@ -109,13 +108,6 @@ def validate_run_config(run_config: dict, source: str = "run config") -> dict:
 def make_run_config(point: dict, seed: int, training: dict, data: str | os.PathLike) -> dict:
     """The run config of one (grid point, seed) of the workflow."""
     return _plain({**point, "seed": seed, "training": copy.deepcopy(training), "data": os.fspath(data)})
-
-
-def training_settings(cfg: dict) -> dict:
-    """The training block with grid overrides applied (grid keys that are also training keys)."""
-    settings = dict(cfg["training"])
-    settings.update({k: v for k, v in cfg.items() if k in settings and k not in ("data", "seed")})
-    return settings
 
 
 def _plain(obj):
@@ -280,7 +272,7 @@ class Progress:
 
 
 def build_run(cfg: dict, state_dir: Path) -> Run:
-    settings = training_settings(cfg)
+    settings = cfg["training"]
     device = resolve_device(settings["device"])
     check_amp(settings["amp"], device)
     configure_determinism(settings["deterministic"])
