@@ -20,13 +20,13 @@ import numpy as np
 
 from . import constants
 from .config import validate_section
+from .constants import FAULTS
 from .errors import PcamflowError
 from .io import atomic_path, md5sum, read_json, write_json
 from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
 
 log = logging.getLogger(__name__)
 
-FAULTS = ("nan", "inf", "out_of_range", "black", "white")
 HASH_DTYPE = np.dtype("S16")  # blake2b-128 of a cleaned tile's bytes
 CHANNELS = ("R", "G", "B")
 

@@ -8,6 +8,8 @@ Y_KEY = "y"
 Y_SHAPE = (1, 1, 1)
 FILE_PATTERN = "camelyonpatch_level_2_split_{split}_{kind}.h5"
 META_PATTERN = "camelyonpatch_level_2_split_{split}_meta.csv"
+# Faults of a raw tile, as the audit flags them and the poisoned synthetic copy plants them.
+FAULTS = ("nan", "inf", "out_of_range", "black", "white")
 FULL_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
 COURSE_TRAIN_SIZE = 157_286
 ZENODO_RECORD = 2546921

@@ -17,11 +17,11 @@ import pandas as pd
 
 from . import metrics
 from .config import slice_thresholds_problem
+from .constants import FAULTS
 from .errors import PcamflowError
 
 SLICE_METRICS = ("accuracy", "recall", "precision", "f2", "roc_auc")
 CENTRE_COLUMN = "centre"
-AUDIT_FLAGS = ("nan", "inf", "out_of_range", "black", "white")
 BLOCK = 4096  # tiles per block when averaging intensities of a memory-mapped split
 
 
@@ -62,7 +62,7 @@ def centre_slices(
 def audit_flag_indices(audit: Mapping, cross: Mapping | None, split: str) -> dict[str, set[int]]:
     """Raw row indices per audit flag of one split (the audit JSON's faults and duplicates)."""
     faults = audit.get("faults", {})
-    flags = {flag: set(faults.get(flag, {}).get("indices", [])) for flag in AUDIT_FLAGS}
+    flags = {flag: set(faults.get(flag, {}).get("indices", [])) for flag in FAULTS}
     flags["duplicate within split"] = {
         i for group in audit.get("duplicates", {}).get("groups", []) for i in group
     }

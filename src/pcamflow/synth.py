@@ -36,7 +36,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from .config import validate_section
-from .constants import CENTRE, SPLITS, TILE_SHAPE, X_KEY, Y_KEY, Y_SHAPE, meta_filename, raw_filename
+from .constants import CENTRE, FAULTS, SPLITS, TILE_SHAPE, X_KEY, Y_KEY, Y_SHAPE, meta_filename, raw_filename
 from .errors import PcamflowError
 from .io import atomic_path, write_csv, write_json
 
@@ -50,7 +50,6 @@ BLOCK_TILES = 256  # tiles per random stream; fixed so the files never depend on
 SLIDES_PER_SPLIT = 24  # simulated whole-slide images; a slide belongs to one scanning centre
 RECORD_FILE = "planted.json"
 META_COLUMNS = ["coord_y", "coord_x", "tumor_patch", "center_tumor_patch", "wsi", "centre"]
-FAULTS = ("nan", "inf", "out_of_range", "black", "white")
 FAULT_FRACTION = {"nan": 0.005, "inf": 0.005, "out_of_range": 0.01, "black": 0.005, "white": 0.005}
 DUPLICATES = 5  # train copies of test tiles in the poisoned copy
 
