@@ -165,11 +165,9 @@ def load_hashes(path: str | os.PathLike) -> np.ndarray:
 
 def plot_audit(report: dict, path: str | os.PathLike) -> None:
     """One figure per split: cleaned intensity histogram per channel, class balance, fault counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from .plots import plt, save_figure  # plots selects the Agg backend
 
     fig, (ax_hist, ax_class, ax_fault) = plt.subplots(
         1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [2.2, 1, 1.4]}
@@ -194,9 +192,7 @@ def plot_audit(report: dict, path: str | os.PathLike) -> None:
         f"{report['split'] or report['files']['x']}: {report['n_tiles']} tiles, x stored as {report['dtype']['x']}"
     )
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---- command line ----
