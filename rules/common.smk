@@ -105,10 +105,6 @@ def raw_files(split):
     return [RAW_H5.format(split=split, kind=k) for k in ("x", "y")]
 
 
-def all_raw_files():
-    return [f for s in SPLITS for f in raw_files(s)]
-
-
 def run_file(name, **wildcards):
     return str(Path(RUN_DIR) / name).format(**wildcards)
 
