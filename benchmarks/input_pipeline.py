@@ -29,8 +29,7 @@ import numpy as np
 from pcamflow import constants
 from pcamflow.bench import BenchSpec, bench_row
 from pcamflow.errors import PcamflowError
-from pcamflow.naive_loader import labels_path
-from pcamflow.rawdata import open_split
+from pcamflow.rawdata import labels_path, open_split
 
 RESULTS = Path("results")
 COPY_TILES = 1024  # tiles copied into the float32 layout

@@ -15,7 +15,7 @@ from pcamflow import bench
 from pcamflow.cli import main as cli
 from pcamflow.constants import TILE_SHAPE
 from pcamflow.errors import PcamflowError
-from pcamflow.naive_loader import NaiveH5Dataset, balanced_sampler, labels_path
+from pcamflow.naive_loader import NaiveH5Dataset, balanced_sampler
 
 BATCH, WARMUP, STEPS = 8, 1, 2
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -254,7 +254,7 @@ def test_naive_sampler_balances_classes():
 
 def test_naive_mode_needs_a_raw_x_file(tmp_path):
     with pytest.raises(PcamflowError, match="_x.h5"):
-        labels_path(tmp_path / "store")
+        NaiveH5Dataset(tmp_path / "store")
 
 
 @pytest.mark.parametrize("problem", ["directory", "parent is a file", "no permission"])

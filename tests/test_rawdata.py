@@ -9,8 +9,8 @@ import pytest
 from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_dataset, write_split
 
-from pcamflow.errors import PcamflowError
-from pcamflow.rawdata import channel_histograms, clean_tiles, open_split, open_tiles
+from pcamflow.errors import PcamflowError, first_line
+from pcamflow.rawdata import channel_histograms, clean_tiles, labels_path, open_split, open_tiles
 
 N = 6
 
@@ -200,3 +200,16 @@ def test_channel_histograms_count_each_value_per_channel():
     assert hist[0, 0] == 2 * 96 * 96
     assert hist[1, 7] == 96 * 96 and hist[1, 0] == 96 * 96
     assert hist[2, 255] == 10 * 96 and hist.sum() == tiles.size
+
+
+def test_labels_live_in_the_y_file_beside_the_x_file(tmp_path):
+    x = tmp_path / "camelyonpatch_level_2_split_test_x.h5"
+    assert labels_path(x) == tmp_path / "camelyonpatch_level_2_split_test_y.h5"
+    assert labels_path(tmp_path / "mine_x.hdf5") == tmp_path / "mine_y.hdf5"
+    with pytest.raises(PcamflowError, match=r"tiles\.h5: expected a raw PCAM '_x\.h5' file"):
+        labels_path(tmp_path / "tiles.h5")
+
+
+def test_first_line_of_an_error_message_or_its_type():
+    assert first_line(OSError("  unable to open\n  details follow  ")) == "unable to open"
+    assert first_line(ValueError()) == "ValueError"

@@ -33,7 +33,7 @@ import torch
 
 from . import train as trainer
 from .config import validate_training
-from .errors import PcamflowError, check_output_file
+from .errors import PcamflowError, check_output_file, first_line
 from .io import write_csv
 from .models import MODELS, build_model
 from .pipeline import BatchLoader, GpuTransform, autocast
@@ -170,9 +170,9 @@ def bench_row(spec: BenchSpec) -> dict:
         raise
     except Exception as exc:  # one failing configuration must not stop a partition's matrix
         if _is_out_of_memory(exc):
-            return _row(spec, "oom", _first_line(exc))
+            return _row(spec, "oom", first_line(exc))
         log.exception("bench %s failed", _describe(spec))
-        return _row(spec, "error", f"{type(exc).__name__}: {_first_line(exc)}")
+        return _row(spec, "error", f"{type(exc).__name__}: {first_line(exc)}")
     finally:
         if spec.device == "cuda":
             torch.cuda.empty_cache()
@@ -511,11 +511,6 @@ def _summary_line(row: dict) -> str:
     if row["status"] == "ok":
         return f"bench {what}: {row['img_per_s']} img/s"
     return f"bench {what}: {row['status']} ({row['message']})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _is_out_of_memory(exc: Exception) -> bool:

@@ -11,6 +11,12 @@ class PcamflowError(Exception):
     """A user-facing error: its message is one line naming the file or key and the problem."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line (its type name when it has none), for one-line messages."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
     """Refuse an output file that cannot be written, before the work that produces it.
 

@@ -18,21 +18,11 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import transforms
 
 from . import constants
-from .errors import PcamflowError
-from .rawdata import clean_tiles, open_split
+from .rawdata import clean_tiles, labels_path, open_split
 
 # The template normalised with fixed per-channel values; the values do not change the cost.
 TEMPLATE_MEAN = (0.5, 0.5, 0.5)
 TEMPLATE_STD = (0.5, 0.5, 0.5)
-X_SUFFIX, Y_SUFFIX = "_x.h5", "_y.h5"
-
-
-def labels_path(x_path: str | os.PathLike) -> Path:
-    """The `_y.h5` file beside a raw `_x.h5` file."""
-    x_path = Path(x_path)
-    if not x_path.name.endswith(X_SUFFIX):
-        raise PcamflowError(f"{x_path}: expected a raw PCAM '{X_SUFFIX}' file (its '{Y_SUFFIX}' beside it)")
-    return x_path.with_name(x_path.name[: -len(X_SUFFIX)] + Y_SUFFIX)
 
 
 class NaiveH5Dataset(Dataset):

@@ -23,15 +23,14 @@ import torch
 
 from . import constants, rawdata
 from .drift import DriftReport, HistogramAccumulator, compare
-from .errors import PcamflowError, check_output_file
+from .errors import PcamflowError, check_output_file, first_line
 from .export import MAX_BATCH, Bundle, load_bundle
 from .io import write_csv
 from .pipeline import D4_SIZE, apply_d4
-from .rawdata import clean_tiles
+from .rawdata import H5_SUFFIXES, clean_tiles
 
 log = logging.getLogger(__name__)
 
-H5_SUFFIXES = (".h5", ".hdf5")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 COLUMNS = ["source", "index", "probability", "label", "y_true", "error"]
 MAX_LISTED = 10  # skipped inputs named on stderr; the CSV lists them all
@@ -127,18 +126,16 @@ def read_image(path: Path, *, resize: bool) -> np.ndarray:
                 image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PcamflowError(f"{path}: unreadable image ({first})") from None
+        raise PcamflowError(f"{path}: unreadable image ({first_line(exc)})") from None
 
 
 def labels_beside(x_path: Path) -> Path | None:
-    """PCAM keeps a split's labels in the `_y.h5` file beside its `_x.h5`."""
-    stem = x_path.name
-    for suffix in H5_SUFFIXES:
-        if stem.endswith(f"_x{suffix}"):
-            candidate = x_path.with_name(stem[: -len(f"_x{suffix}")] + f"_y{suffix}")
-            return candidate if candidate.exists() else None
-    return None
+    """The labels file of a raw PCAM `_x.h5` input, when it has one beside it."""
+    try:
+        y_path = rawdata.labels_path(x_path)
+    except PcamflowError:  # not named like a raw x file: tiles without labels
+        return None
+    return y_path if y_path.exists() else None
 
 
 def _h5_chunks(path: Path, block_size: int) -> Iterator[Chunk]:

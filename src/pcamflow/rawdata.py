@@ -16,8 +16,9 @@ import h5py
 import numpy as np
 
 from . import constants
-from .errors import PcamflowError
+from .errors import PcamflowError, first_line
 
+H5_SUFFIXES = (".h5", ".hdf5")
 X_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
 TILE_VALUES = int(np.prod(constants.TILE_SHAPE))  # values per tile (96 * 96 * 3)
 
@@ -42,7 +43,7 @@ class RawTiles:
             return self.x[start:stop]
         except (OSError, RuntimeError) as exc:
             raise PcamflowError(
-                f"{self.x_path}: cannot read tiles {start}-{stop} (truncated or corrupt file?): {_first_line(exc)}"
+                f"{self.x_path}: cannot read tiles {start}-{stop} (truncated or corrupt file?): {first_line(exc)}"
             ) from None
 
     def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -129,6 +130,16 @@ def meta_path(x_path: str | os.PathLike, split: str) -> Path:
     return Path(x_path).parent / constants.meta_filename(split)
 
 
+def labels_path(x_path: str | os.PathLike) -> Path:
+    """Where PCAM keeps a split's labels: the `_y.h5` file beside its `_x.h5` (existing or not)."""
+    x_path = Path(x_path)
+    for suffix in H5_SUFFIXES:
+        x_end = f"_x{suffix}"
+        if x_path.name.endswith(x_end):
+            return x_path.with_name(x_path.name[: -len(x_end)] + f"_y{suffix}")
+    raise PcamflowError(f"{x_path}: expected a raw PCAM '_x.h5' file (its '_y.h5' beside it)")
+
+
 # ---- validation helpers ----
 
 
@@ -146,7 +157,7 @@ def _open_h5(path: Path) -> Iterator[h5py.File]:
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise PcamflowError(
-            f"{path}: unreadable HDF5 file (truncated or corrupt): {_first_line(exc)}"
+            f"{path}: unreadable HDF5 file (truncated or corrupt): {first_line(exc)}"
         ) from None
     with handle:
         yield handle
@@ -185,7 +196,7 @@ def _read_labels(y: h5py.Dataset, path: Path) -> np.ndarray:
         values = y[()].reshape(-1)
     except (OSError, RuntimeError) as exc:
         raise PcamflowError(
-            f"{path}: cannot read labels (truncated or corrupt file?): {_first_line(exc)}"
+            f"{path}: cannot read labels (truncated or corrupt file?): {first_line(exc)}"
         ) from None
     bad = ~((values == 0) | (values == 1))  # NaN is neither
     if bad.any():
@@ -194,7 +205,3 @@ def _read_labels(y: h5py.Dataset, path: Path) -> np.ndarray:
             f"{path}: {int(bad.sum())} labels outside {{0, 1}} (first: {values[first].item()!r} at row {first})"
         )
     return values.astype(np.uint8)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
