@@ -39,7 +39,9 @@ rule audit:
     conda:
         CONDA_ENV
     params:
-        settings=config["audit"],
+        # what the audit's result depends on; audit.block_size (memory only) is read from the config
+        # by the script, since a changed param would rerun every audit, prepare and training job
+        thresholds={k: config["audit"][k] for k in ("black_max", "white_min")},
     script:
         "../workflow_scripts/audit.py"
 
@@ -77,8 +79,7 @@ rule prepare:
     params:
         splits=SPLITS,
         out_dir=lambda wildcards, output: Path(output[0]).parent,
-        settings=config["prepare"],
-        block_size=config["audit"]["block_size"],
+        settings=config["prepare"],  # audit.block_size: read by the script (see rule audit)
     script:
         "../workflow_scripts/prepare.py"
 

@@ -42,6 +42,15 @@ def test_data_rules_write_audits_and_a_clean_store(workflow_dir):
     assert len(store_checksum(workflow_dir / "results/prepared")) == 64
     assert (workflow_dir / "results/benchmarks/prepare.tsv").exists()
 
+    # block_size is a memory knob: changing it reruns nothing; a threshold reruns the audits
+    def planned(audit: str) -> str:
+        (workflow_dir / "audit.yaml").write_text(f"audit: {audit}\n")
+        args = ("-n", MANIFEST, "--cores", "2", "--configfile", "config/test.yaml", "audit.yaml")
+        return snakemake(workflow_dir, *args).stdout
+
+    assert "rule audit:" not in planned("{block_size: 7}")
+    assert "rule audit:" in planned("{black_max: 11}")
+
 
 @pytest.mark.slow
 def test_audit_of_the_poisoned_copy_finds_every_planted_fault(workflow_dir):

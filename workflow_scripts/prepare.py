@@ -14,7 +14,7 @@ def main(smk):
         smk.params.out_dir,
         audits=audits,
         cross=read_json(smk.input.cross),
-        block_size=smk.params.block_size,
+        block_size=smk.config["audit"]["block_size"],  # not a param: memory only, no rerun (rules/data.smk)
         **smk.params.settings,
     )
 
