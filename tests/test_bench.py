@@ -93,6 +93,16 @@ def test_train_row_splits_input_time_from_compute(store, tmp_path):
     assert forward["data_time_s"] < 0.05 * forward["seconds"]  # forward reuses one prepared batch
 
 
+def test_train_mode_builds_one_loader_and_one_transform(store, monkeypatch):
+    built = []
+    for name in ("_loader", "_transform"):
+        original = getattr(bench, name)
+        monkeypatch.setattr(bench, name, lambda *a, _f=original, _n=name: built.append(_n) or _f(*a))
+    spec = bench.BenchSpec(mode="train", data=str(store), batch_size=BATCH, warmup=WARMUP, steps=STEPS)
+    assert bench.bench_row(spec)["status"] == "ok"
+    assert sorted(built) == ["_loader", "_transform"]
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -295,7 +295,7 @@ def measure_naive(spec: BenchSpec) -> Measurement:
 def measure_data(spec: BenchSpec) -> Measurement:
     """The input pipeline alone: gather, move to the device, normalise and augment."""
     settings = _training_settings(spec)
-    batches = pipeline_batches(spec, settings, train=True)
+    batches = pipeline_batches(_loader(spec, settings), _transform(spec, settings), train=True)
     return timed_steps(batches, _no_step, warmup=spec.warmup, steps=spec.steps, device=spec.device)
 
 
@@ -304,7 +304,7 @@ def measure_forward(spec: BenchSpec) -> Measurement:
     settings = _training_settings(spec)
     trainer.configure_determinism(settings["deterministic"])
     model = _model(spec, settings).eval()
-    batch = next(pipeline_batches(spec, settings, train=False))
+    batch = next(pipeline_batches(_loader(spec, settings), _transform(spec, settings), train=False))
     device = torch.device(spec.device)
 
     def forward(batch):
@@ -321,9 +321,9 @@ def measure_train(spec: BenchSpec) -> Measurement:
     the pipeline. The input time counts gathering and the device transform, the rest is compute."""
     settings = _training_settings(spec)
     trainer.configure_determinism(settings["deterministic"])
-    run = _bench_run(spec, settings)
-    batches = pipeline_batches(spec, settings, train=True, generator=run.augment_rng)
-    run.transform = _AlreadyTransformed()  # the transform above runs inside the input time
+    loader = _loader(spec, settings)
+    run = _bench_run(spec, settings, loader)
+    batches = pipeline_batches(loader, _transform(spec, settings), train=True, generator=run.augment_rng)
     run.model.train()
     return timed_steps(
         batches,
@@ -343,11 +343,9 @@ MEASURES: dict[str, Callable[[BenchSpec], Measurement]] = {
 
 
 def pipeline_batches(
-    spec: BenchSpec, settings: dict, *, train: bool, generator: torch.Generator | None = None
+    loader: BatchLoader, transform: GpuTransform, *, train: bool, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (model input, labels) batches of the store's train split, made as training makes them."""
-    loader = _loader(spec, settings)
-    transform = _transform(spec, settings)
     generator = generator or torch.Generator().manual_seed(BENCH_SEED)
     while True:  # one epoch per pass over the loader
         for x, y in loader:
@@ -394,11 +392,11 @@ def _model(spec: BenchSpec, settings: dict) -> torch.nn.Module:
     return model
 
 
-def _bench_run(spec: BenchSpec, settings: dict) -> trainer.Run:
+def _bench_run(spec: BenchSpec, settings: dict, loader: BatchLoader) -> trainer.Run:
     """The parts of a training run that `train.train_step` uses, without the validation split,
-    the resume state or the store's checksum (none of them is timed)."""
+    the resume state or the store's checksum (none of them is timed). Its transform is a
+    stand-in: the bench transforms each batch in `pipeline_batches`, inside the input time."""
     model = _model(spec, settings)
-    loader = _loader(spec, settings)
     optimizer = trainer.build_optimizer(model, BENCH_OPTIMIZER, BENCH_LR, settings)
     return trainer.Run(
         cfg={},
@@ -409,7 +407,7 @@ def _bench_run(spec: BenchSpec, settings: dict) -> trainer.Run:
         scheduler=trainer.build_scheduler(optimizer, settings, len(loader)),
         scaler=torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None,
         loader=loader,
-        transform=_transform(spec, settings),
+        transform=_AlreadyTransformed(),
         augment_rng=torch.Generator().manual_seed(BENCH_SEED),
         valid=None,
         stats={},
