@@ -49,12 +49,12 @@ SYNTH_DIR = RESULTS / "data" / "synthetic"
 RAW_DIR = Path(config["data_dir"]) if config["dataset"] == "pcam" else SYNTH_DIR
 RAW_H5 = str(RAW_DIR / constants.FILE_PATTERN)  # wildcards: split, kind
 RAW_META = str(RAW_DIR / constants.META_PATTERN)  # wildcards: split
-SYNTH_RECORD = SYNTH_DIR / "planted.json"
+SYNTH_RECORD = SYNTH_DIR / constants.PLANTED_FILE
 AUDIT_DIR = RESULTS / "audit"
-AUDIT_JSON = str(AUDIT_DIR / "{split}.json")
+AUDIT_JSON = str(AUDIT_DIR / constants.AUDIT_FILE)
 AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
 AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
-AUDIT_CROSS = AUDIT_DIR / "cross_split.json"
+AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
 PREPARED = RESULTS / "prepared"
 GRID_POINT = PARAMSPACE.wildcard_pattern  # model~{model}/lr~{lr}/...
 RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")

@@ -164,8 +164,16 @@ def test_cli_refuses_an_audit_dir_of_other_files_naming_both(tmp_path):
     audit_dir = tmp_path / "audit"
     for split in constants.SPLITS:
         x_path, y_path = split_paths(raw_dir, split)
-        pcamflow("audit", "--x", str(x_path), "--y", str(y_path), "--out", str(audit_dir / f"{split}.json"))
-    (audit_dir / "cross_split.json").write_text('{"pairs": []}')
+        pcamflow(
+            "audit",
+            "--x",
+            str(x_path),
+            "--y",
+            str(y_path),
+            "--out",
+            str(audit_dir / constants.AUDIT_FILE.format(split=split)),
+        )
+    (audit_dir / constants.CROSS_SPLIT_FILE).write_text('{"pairs": []}')
     args = ("prepare", "--raw-dir", str(raw_dir), "--audit-dir", str(audit_dir))
     pcamflow(*args, "--out", str(tmp_path / "fits"))  # the audits of these very files are used
     assert load_split(tmp_path / "fits", "train").index.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11]

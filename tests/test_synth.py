@@ -150,7 +150,7 @@ def test_two_scanning_centres_stain_differently(clean_dir, blocks):
 
 
 def test_clean_data_has_no_faults(clean_dir):
-    record = json.loads((clean_dir / synth.RECORD_FILE).read_text())
+    record = json.loads((clean_dir / constants.PLANTED_FILE).read_text())
     assert record["poison"] is False and record["seed"] == SEED
     assert record["cross_split_duplicates"] == []
     assert all(tiles == [] for split in record["splits"].values() for tiles in split.values())
@@ -164,7 +164,7 @@ def test_clean_data_has_no_faults(clean_dir):
 
 
 def test_poisoned_copy_holds_exactly_what_it_records(poisoned_dir, clean_dir):
-    record = json.loads((poisoned_dir / synth.RECORD_FILE).read_text())
+    record = json.loads((poisoned_dir / constants.PLANTED_FILE).read_text())
     assert record["poison"] is True and record["seed"] == SEED
     for split, n in SIZES.items():
         x, y = _read(poisoned_dir, split)
@@ -195,7 +195,7 @@ def test_poisoned_copy_holds_exactly_what_it_records(poisoned_dir, clean_dir):
 
 
 def test_planted_duplicates_are_exact_after_cleaning(poisoned_dir):
-    record = json.loads((poisoned_dir / synth.RECORD_FILE).read_text())
+    record = json.loads((poisoned_dir / constants.PLANTED_FILE).read_text())
     duplicates = record["cross_split_duplicates"]
     assert 1 <= len(duplicates) <= 10
     faulty = {s: {i for tiles in record["splits"][s].values() for i in tiles} for s in SIZES}
@@ -228,6 +228,6 @@ def test_command_line_writes_the_dataset(tmp_path):
     out = tmp_path / "synth"
     pcamflow("synth", "--out", str(out), "--n-train", "12", "--n-valid", "6", "--n-test", "6", "--poison")
     expected = {constants.raw_filename(s, k) for s in constants.SPLITS for k in ("x", "y")}
-    expected |= {constants.meta_filename(s) for s in constants.SPLITS} | {synth.RECORD_FILE}
+    expected |= {constants.meta_filename(s) for s in constants.SPLITS} | {constants.PLANTED_FILE}
     assert {p.name for p in out.iterdir()} == expected
-    assert json.loads((out / synth.RECORD_FILE).read_text())["poison"] is True
+    assert json.loads((out / constants.PLANTED_FILE).read_text())["poison"] is True

@@ -10,6 +10,10 @@ FILE_PATTERN = "camelyonpatch_level_2_split_{split}_{kind}.h5"
 META_PATTERN = "camelyonpatch_level_2_split_{split}_meta.csv"
 # Faults of a raw tile, as the audit flags them and the poisoned synthetic copy plants them.
 FAULTS = ("nan", "inf", "out_of_range", "black", "white")
+# File names pcamflow writes, used by the library and the rules (rules/common.smk) alike.
+AUDIT_FILE = "{split}.json"  # one split's audit, in the audit directory
+CROSS_SPLIT_FILE = "cross_split.json"  # duplicates across splits, beside the audits
+PLANTED_FILE = "planted.json"  # what the synthetic generator planted, beside its H5 files
 FULL_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
 COURSE_TRAIN_SIZE = 157_286
 ZENODO_RECORD = 2546921

@@ -179,7 +179,8 @@ def _audits_for(raw: dict, audit_dir: str | None, settings: dict) -> tuple[dict,
     """Audits from audit_dir (as the workflow writes them), or computed here when not given."""
     if audit_dir:
         audit_dir = Path(audit_dir)
-        paths = {s: audit_dir / f"{s}.json" for s in raw} | {"cross": audit_dir / "cross_split.json"}
+        paths = {s: audit_dir / constants.AUDIT_FILE.format(split=s) for s in raw}
+        paths["cross"] = audit_dir / constants.CROSS_SPLIT_FILE
         for path in paths.values():
             if not path.exists():
                 raise PcamflowError(f"{path}: audit missing (run `pcamflow audit`, or leave out --audit-dir)")

@@ -36,7 +36,18 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from .config import validate_section
-from .constants import CENTRE, FAULTS, SPLITS, TILE_SHAPE, X_KEY, Y_KEY, Y_SHAPE, meta_filename, raw_filename
+from .constants import (
+    CENTRE,
+    FAULTS,
+    PLANTED_FILE,
+    SPLITS,
+    TILE_SHAPE,
+    X_KEY,
+    Y_KEY,
+    Y_SHAPE,
+    meta_filename,
+    raw_filename,
+)
 from .errors import PcamflowError
 from .io import atomic_path, write_csv, write_json
 
@@ -48,7 +59,6 @@ HI = LO + CENTRE  # one past its last
 MID = (SIZE - 1) / 2  # continuous coordinate of the tile centre
 BLOCK_TILES = 256  # tiles per random stream; fixed so the files never depend on memory settings
 SLIDES_PER_SPLIT = 24  # simulated whole-slide images; a slide belongs to one scanning centre
-RECORD_FILE = "planted.json"
 META_COLUMNS = ["coord_y", "coord_x", "tumor_patch", "center_tumor_patch", "wsi", "centre"]
 FAULT_FRACTION = {"nan": 0.005, "inf": 0.005, "out_of_range": 0.01, "black": 0.005, "white": 0.005}
 DUPLICATES = 5  # train copies of test tiles in the poisoned copy
@@ -706,7 +716,7 @@ def write_synthetic(
     _write_split(out_dir, seed, "valid", n_valid, record, workers)
     copies = {d["index_a"]: test_tiles[d["index_b"]] for d in duplicates}
     _write_split(out_dir, seed, "train", n_train, record, workers, replace=copies)
-    write_json(out_dir / RECORD_FILE, record)
+    write_json(out_dir / PLANTED_FILE, record)
     kind = "poisoned" if poison else "clean"
     log.info("synthetic PCAM (%s) written to %s in %.1f s", kind, out_dir, time.perf_counter() - started)
     return record
