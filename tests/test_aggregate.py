@@ -188,6 +188,10 @@ def test_count_parameters_matches_the_built_model():
     assert aggregate.count_parameters("cnn", {"cnn_width": 4}) < aggregate.count_parameters(
         "cnn", {"cnn_width": 8}
     )
+    # a setting left out takes the schema's default (cnn_width 8), as in a validated config
+    assert aggregate.count_parameters("cnn", {}) == aggregate.count_parameters("cnn", {"cnn_width": 8})
+    with pytest.raises(PcamflowError, match="cnn_width"):
+        aggregate.count_parameters("cnn", {"cnn_width": 2})
 
 
 def test_rule_entry_points_write_tables_champion_and_plots(tmp_path):

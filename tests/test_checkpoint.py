@@ -66,6 +66,17 @@ def test_load_model_never_asks_for_the_pretrained_weights_it_overwrites(tmp_path
     assert torch.equal(loaded.state_dict()[first], model.state_dict()[first])
 
 
+def test_a_checkpoint_of_another_format_is_one_clear_line(tmp_path):
+    model = build_model("mlp", RUN_CONFIG["training"])
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "run_config": RUN_CONFIG})
+    state = load_checkpoint(tmp_path / "best.pt")
+    torch.save(dict(state, format_version=99), tmp_path / "future.pt")
+    with pytest.raises(
+        PcamflowError, match=r"future\.pt: checkpoint format 99, this pcamflow reads format 1"
+    ):
+        load_checkpoint(tmp_path / "future.pt")
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker

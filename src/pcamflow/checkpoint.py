@@ -51,6 +51,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise PcamflowError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise PcamflowError(f"{path}: not a pcamflow checkpoint (no model weights in it)")
+    found = state.get("format_version", "none")
+    if found != FORMAT_VERSION:
+        raise PcamflowError(
+            f"{path}: checkpoint format {found}, this pcamflow reads format {FORMAT_VERSION} "
+            "(train it again with this version)"
+        )
     return state
 
 

@@ -71,7 +71,8 @@ def _model_cost(name: str, training_key: tuple) -> ModelCost:
 
     from .models import build_architecture
 
-    model = build_architecture(name, dict(training_key)).to("meta")  # shapes only: no memory, no compute
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in training_key}  # lists as in YAML
+    model = build_architecture(name, settings).to("meta")  # shapes only: no memory, no compute
     values = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: values.append(out.numel()))

@@ -7,13 +7,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .config import validate_training
 from .constants import TILE_SHAPE
 from .errors import PcamflowError
 
 NUM_CLASSES = 2
+# the `training:` settings that shape a model
+MODEL_KEYS = ("mlp_hidden", "dropout", "cnn_width", "pretrained")
 
 
-def mlp(hidden: list[int] = (256, 128), dropout: float = 0.3, **_) -> nn.Module:
+def mlp(hidden: list[int], dropout: float, **_) -> nn.Module:
     """The course baseline: flatten, hidden layers with ReLU and dropout, 2 logits."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = TILE_SHAPE[0] * TILE_SHAPE[1] * TILE_SHAPE[2]
@@ -37,7 +40,7 @@ class SmallCNN(nn.Module):
     """Four conv blocks (96 -> 6 px), then pooling to 3 x 3, not 1 x 1: PCAM's label depends on
     where tumour lies (the centre region), so the classifier keeps a coarse spatial layout."""
 
-    def __init__(self, width: int = 16, dropout: float = 0.3, **_):
+    def __init__(self, width: int, dropout: float, **_):
         super().__init__()
         chans = [3, width, 2 * width, 4 * width, 4 * width]
         self.features = nn.Sequential(*(_conv_block(a, b) for a, b in zip(chans, chans[1:])))
@@ -48,11 +51,11 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)))
 
 
-def cnn(width: int = 16, dropout: float = 0.3, **_) -> nn.Module:
+def cnn(width: int, dropout: float, **_) -> nn.Module:
     return SmallCNN(width=width, dropout=dropout)
 
 
-def _resnet(name: str, pretrained: bool = False, **_) -> nn.Module:
+def _resnet(name: str, pretrained: bool, **_) -> nn.Module:
     import torchvision
 
     if pretrained:
@@ -75,11 +78,11 @@ def _resnet(name: str, pretrained: bool = False, **_) -> nn.Module:
     return model
 
 
-def resnet18(pretrained: bool = False, **_) -> nn.Module:
+def resnet18(pretrained: bool, **_) -> nn.Module:
     return _resnet("resnet18", pretrained)
 
 
-def resnet50(pretrained: bool = False, **_) -> nn.Module:
+def resnet50(pretrained: bool, **_) -> nn.Module:
     return _resnet("resnet50", pretrained)
 
 
@@ -92,15 +95,16 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(name: str, training: dict | None = None) -> nn.Module:
-    """Build a registered model from the `training:` settings (mlp_hidden, dropout, cnn_width)."""
+    """Build a registered model from the `training:` settings (MODEL_KEYS; the others are ignored).
+
+    A missing key takes the schema's default, so a model is the same whoever builds it.
+    """
     if name not in MODELS:
         raise PcamflowError(f"model '{name}': unknown (choose one of {', '.join(MODELS)})")
-    t = training or {}
+    given = {key: value for key, value in (training or {}).items() if key in MODEL_KEYS}
+    t = validate_training(given)
     return MODELS[name](
-        hidden=t.get("mlp_hidden", [256, 128]),
-        dropout=t.get("dropout", 0.3),
-        width=t.get("cnn_width", 16),
-        pretrained=t.get("pretrained", False),
+        hidden=t["mlp_hidden"], dropout=t["dropout"], width=t["cnn_width"], pretrained=t["pretrained"]
     )
 
 
