@@ -209,3 +209,18 @@ def test_predict_proba_in_order_batch_size_free_and_tta_averages_d4(store, split
     views = [predict_proba(model, apply_d4(torch.from_numpy(x), t).numpy(), stats) for t in range(D4_SIZE)]
     np.testing.assert_allclose(tta, np.mean(views, axis=0), rtol=1e-6)
     assert not np.allclose(tta, prob)
+
+
+def test_predict_proba_with_the_plain_result_predicts_only_the_seven_other_views(store, split):
+    stats = load_stats(store)
+    torch.manual_seed(0)
+    model = _CentreProbe()
+    x = np.array(split.x[:23])
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+    plain = predict_proba(model, x, stats, batch_size=23)
+    tta = predict_proba(model, x, stats, batch_size=23, tta=True)
+    passes.clear()
+    reused = predict_proba(model, x, stats, batch_size=23, tta=True, plain=plain)
+    assert len(passes) == D4_SIZE - 1
+    np.testing.assert_array_equal(reused, tta)

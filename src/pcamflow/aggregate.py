@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PcamflowError
-from .io import read_json
+from .io import json_scalar, read_json
 from .metrics import LOWER_IS_BETTER
 
 HISTORY_FILE = "history.json"
@@ -176,7 +176,7 @@ def choose_champion(
     """
     ranked = rank_grid_points(avg, metric, n_params)
     winner = ranked.loc[ranked["rank"] == 1].iloc[0]
-    point = {k: _plain(winner[k]) for k in grid_keys}
+    point = {k: json_scalar(winner[k]) for k in grid_keys}
     mine = runs.loc[(runs[list(grid_keys)] == pd.Series(point)).all(axis=1)]
     seeds = []
     for _, run in mine.iterrows():
@@ -186,7 +186,7 @@ def choose_champion(
                 "run_dir": run["run_dir"],
                 "checkpoint": str(Path(run["run_dir"]) / BEST_CHECKPOINT),
                 "best_epoch": int(run["best_epoch"]),
-                metric: _plain(run[f"{metric}_at_best"]),
+                metric: json_scalar(run[f"{metric}_at_best"]),
             }
         )
     values = [s[metric] if s[metric] is not None else math.nan for s in seeds]
@@ -200,15 +200,15 @@ def choose_champion(
         "metric": metric,
         "direction": better(metric),
         "rule": CHAMPION_RULE.format(metric=metric, direction=better(metric)),
-        "mean": _plain(winner[f"{metric}_mean"]),
-        "std": _plain(winner[f"{metric}_std"]),
+        "mean": json_scalar(winner[f"{metric}_mean"]),
+        "std": json_scalar(winner[f"{metric}_std"]),
         "n_seeds": int(winner["n_seeds"]),
         "n_params": int(winner["n_params"]),
-        "means": {m: _plain(winner[f"{m}_mean"]) for m in VAL_METRICS},
-        "stds": {m: _plain(winner[f"{m}_std"]) for m in VAL_METRICS},
+        "means": {m: json_scalar(winner[f"{m}_mean"]) for m in VAL_METRICS},
+        "stds": {m: json_scalar(winner[f"{m}_std"]) for m in VAL_METRICS},
         "seeds": seeds,
         "deploy": deploy,
-        "ranking": [{k: _plain(v) for k, v in row.items()} for row in ranking.to_dict("records")],
+        "ranking": [{k: json_scalar(v) for k, v in row.items()} for row in ranking.to_dict("records")],
     }
 
 
@@ -218,15 +218,6 @@ def count_parameters(model_name: str, training: dict) -> int:
 
     model = build_architecture(model_name, training)
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
-def _plain(value):
-    """A JSON-friendly scalar: numpy scalars unwrapped, NaN as None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 # ---------------------------------------------------------------- rule entry points

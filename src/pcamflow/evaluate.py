@@ -26,6 +26,7 @@ import pandas as pd
 
 from . import metrics
 from .errors import PcamflowError
+from .io import json_scalar
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,13 @@ def predict_champion(
     for path in checkpoints:
         model, _ = load_model(path, device=device)
         for split, x in splits.items():
-            for suffix, use_tta in (("", False), ("_tta", True)) if tta else (("", False),):
-                prob = predict_proba(model, x, stats, batch_size=batch_size, device=device, tta=use_tta)
-                out.setdefault(f"{split}_prob{suffix}", []).append(np.asarray(prob, dtype=np.float64))
+            prob = predict_proba(model, x, stats, batch_size=batch_size, device=device)
+            out.setdefault(f"{split}_prob", []).append(np.asarray(prob, dtype=np.float64))
+            if tta:  # the plain pass is the identity view: 7 more passes, not 8
+                prob_tta = predict_proba(
+                    model, x, stats, batch_size=batch_size, device=device, tta=True, plain=prob
+                )
+                out.setdefault(f"{split}_prob_tta", []).append(np.asarray(prob_tta, dtype=np.float64))
         log.info("predicted %s on %s", path, ", ".join(splits))
     return {k: np.stack(v) for k, v in out.items()}
 
@@ -111,11 +116,6 @@ class Model:
     member: str  # e.g. "seed 42"; "" for a baseline
     prob: np.ndarray  # (n,) P(positive) per test tile
     thresholds: dict[str, float]  # threshold name -> threshold (prob >= threshold is positive)
-
-
-def point_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float | None]:
-    """Every reported metric of one model on one set of tiles (pcamflow.metrics)."""
-    return metrics.binary_metrics(y, prob, threshold)
 
 
 # The two helpers below give the values of METRICS in its order (threshold metrics, then ranking).
@@ -186,7 +186,7 @@ def summarise(
 def _evaluated(y, model: Model, t: str) -> tuple[dict, np.ndarray]:
     """(point metrics, hard predictions) of one model at one of its thresholds on the full test split."""
     threshold = model.thresholds[t]
-    return point_metrics(y, model.prob, threshold), model.prob >= threshold
+    return metrics.binary_metrics(y, model.prob, threshold), model.prob >= threshold
 
 
 def _metric_rows(y, predictor, member, t, threshold, evaluated, samples, ci) -> list[dict]:
@@ -322,7 +322,7 @@ def nested_metrics(table: pd.DataFrame) -> dict:
     out: dict = {}
     for row in table.to_dict("records"):
         member = row["member"] or "model"
-        cell = {k: _none_if_nan(row[k]) for k in ("value", "std", "ci_low", "ci_high")}
+        cell = {k: json_scalar(row[k]) for k in ("value", "std", "ci_low", "ci_high")}
         if row["undefined"]:
             cell["undefined"] = row["undefined"]
         slot = (
@@ -388,12 +388,6 @@ def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float, label: st
     }
 
 
-def _none_if_nan(value):
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    return value
-
-
 # ---------------------------------------------------------------- rule entry points
 
 
@@ -436,7 +430,8 @@ def write_evaluation(predictions, champion_json, train_labels, settings, out) ->
 
     preds = load_predictions(predictions)
     champion = read_json(champion_json)
-    table, summary = evaluate_champion(preds, champion, np.load(train_labels), settings)
+    train_y = np.load(train_labels)
+    table, summary = evaluate_champion(preds, champion, train_y, settings)
     write_csv(out["csv"], table)
     write_json(out["json"], summary)
     deploy_member = f"seed {summary['deploy']['seed']}"
@@ -457,9 +452,7 @@ def write_evaluation(predictions, champion_json, train_labels, settings, out) ->
             y, deploy_prob, summary["deploy"]["threshold"], f"{deploy_member} at validation threshold", "s"
         ),
         operating_point(y, np.ones(y.size), 0.5, "always positive", "^"),
-        operating_point(
-            y, np.full(y.size, float(majority_class(np.load(train_labels)))), 0.5, "majority class", "v"
-        ),
+        operating_point(y, np.full(y.size, float(majority_class(train_y))), 0.5, "majority class", "v"),
     ]
     plot_roc_pr(curves(y, probs), markers, float(y.mean()), out["curves"])
     return summary
