@@ -102,6 +102,7 @@ def measure(args: argparse.Namespace) -> None:
             steps=args.train_steps,
         )
     )
+    _measured(train, f"CNN training step, batch {args.train_batch_size}")
     share = train["data_time_s"] / train["seconds"]
     print(
         f"CNN training step, batch {args.train_batch_size}, fp32: {train['img_per_s']:,.0f} img/s; "
@@ -111,12 +112,15 @@ def measure(args: argparse.Namespace) -> None:
 
 def _median(repeats: int, **spec) -> float:
     rows = [bench_row(BenchSpec(**spec)) for _ in range(repeats)]
-    failed = [row for row in rows if row["status"] != "ok"]
-    if failed:
-        raise SystemExit(
-            f"{spec['mode']} batch {spec['batch_size']}: {failed[0]['status']}: {failed[0]['message']}"
-        )
+    for row in rows:
+        _measured(row, f"{spec['mode']} batch {spec['batch_size']}")
     return statistics.median(row["img_per_s"] for row in rows)
+
+
+def _measured(row: dict, what: str) -> None:
+    """Exit with one line when a row holds no numbers (status oom, error or skipped)."""
+    if row["status"] != "ok":
+        raise SystemExit(f"{what}: {row['status']}: {row['message']}")
 
 
 def _layouts(raw_x: Path, tmp: Path) -> dict[str, Path]:

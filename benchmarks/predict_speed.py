@@ -48,7 +48,7 @@ def build(tmp: Path, n_tiles: int, n_pngs: int) -> tuple[Path, Path, Path, np.nd
     histogram.update(tiles)
     mean, std = histogram_moments(histogram.counts)
     config = validate_config({})
-    bundle = write_bundle(
+    write_bundle(
         tmp / "bundle",
         model=build_model("cnn", config["training"]),
         stats={"mean": mean.tolist(), "std": std.tolist()},
@@ -57,7 +57,6 @@ def build(tmp: Path, n_tiles: int, n_pngs: int) -> tuple[Path, Path, Path, np.nd
         card="benchmark bundle\n",
         metadata={"model": "cnn"},
     )
-    del bundle
     return tmp / "bundle", h5, folder, tiles
 
 

@@ -199,6 +199,19 @@ def test_table_columns_keep_their_types_across_failed_and_predicted_rows(bundle,
     assert pd.isna(failed["probability"]) and pd.isna(failed["label"])
 
 
+def test_inputs_are_counted_for_the_progress_bar_only_when_it_is_shown(bundle, tmp_path, monkeypatch):
+    from pcamflow import predict
+
+    x, y = _tiles(3)
+    h5 = _h5(tmp_path, x, y)
+    counted = []
+    monkeypatch.setattr(predict, "tile_count", lambda path: counted.append(path) or 3)
+    assert len(predict_inputs(bundle, [h5]).table) == 3
+    assert counted == []  # no bar, no extra opening of every H5 file
+    assert len(predict_inputs(bundle, [h5], progress=True).table) == 3
+    assert counted == [h5]
+
+
 def test_batch_size_changes_nothing_but_speed(bundle, tmp_path):
     x, y = _tiles()
     h5 = _h5(tmp_path, x, y)

@@ -92,8 +92,8 @@ def write_bundle(
     reference: dict,
     card: str,
     metadata: dict,
-) -> dict:
-    """Write every bundle file into out_dir, the manifest last; return the manifest."""
+) -> None:
+    """Write every bundle file into out_dir, the manifest last."""
     out_dir = Path(out_dir)
     if not 0.0 <= threshold <= 1.0:
         raise PcamflowError(f"threshold {threshold!r}: must lie in [0, 1]")
@@ -106,7 +106,6 @@ def write_bundle(
     files = {name: sha256sum(out_dir / name) for name in BUNDLE_FILES if name != MANIFEST_FILE}
     manifest = {"bundle_format": BUNDLE_FORMAT, "algorithm": "sha256", "files": files}
     write_json(out_dir / MANIFEST_FILE, manifest)
-    return manifest
 
 
 def bundle_metadata(stats: dict, threshold: float, metadata: dict) -> dict:
@@ -238,8 +237,8 @@ def export_champion(
     dataset: str,
     tta: bool,
     drift: dict,
-) -> dict:
-    """Bundle the champion's deployed checkpoint with its validation threshold; return bundle.json.
+) -> None:
+    """Bundle the champion's deployed checkpoint with its validation threshold.
 
     `dataset`, `tta` and `drift` are the config's `dataset`, `evaluate.tta` (whether the threshold
     was chosen on TTA probabilities) and `export.drift`.
@@ -300,7 +299,6 @@ def export_champion(
         card=card,
         metadata=metadata,
     )
-    return read_json(Path(out_dir) / META_FILE)
 
 
 # ---- the model card ----

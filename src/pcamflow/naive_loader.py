@@ -28,13 +28,17 @@ TEMPLATE_STD = (0.5, 0.5, 0.5)
 class NaiveH5Dataset(Dataset):
     """One tile per __getitem__, read from the H5 files opened anew each time (as the template did)."""
 
-    def __init__(self, x_path: str | os.PathLike, mean=TEMPLATE_MEAN, std=TEMPLATE_STD):
+    def __init__(self, x_path: str | os.PathLike):
         self.x_path = Path(x_path)
         self.y_path = labels_path(x_path)
         with open_split(self.x_path, self.y_path) as raw:  # validates both files once
             self.labels = raw.labels
         self.transform = transforms.Compose(
-            [transforms.ToPILImage(), transforms.ToTensor(), transforms.Normalize(mean, std)]
+            [
+                transforms.ToPILImage(),
+                transforms.ToTensor(),
+                transforms.Normalize(TEMPLATE_MEAN, TEMPLATE_STD),
+            ]
         )
 
     def __len__(self) -> int:

@@ -187,7 +187,8 @@ def predict_inputs(
     done: list[tuple[Chunk, np.ndarray | None]] = []
     pending: list[Chunk] = []
     histogram = HistogramAccumulator()
-    bar = tqdm(total=sum(map(tile_count, files)), unit="tile", disable=not progress, file=sys.stderr)
+    total = sum(map(tile_count, files)) if progress else None  # opens every H5: only for a shown bar
+    bar = tqdm(total=total, unit="tile", disable=not progress, file=sys.stderr)
 
     def flush() -> None:
         if not pending:
