@@ -137,7 +137,8 @@ def ranked_champion(tmp_path, aucs_by_point, n_params=None, metric="val_auc"):
     runs, dirs = sweep(tmp_path, aucs_by_point)
     table = aggregate.runs_table(runs, dirs, GRID_KEYS)
     avg = aggregate.metrics_avg(table, GRID_KEYS)
-    return aggregate.choose_champion(table, avg, GRID_KEYS, metric, n_params or [1000] * len(avg))
+    ranked = aggregate.rank_grid_points(avg, metric, n_params or [1000] * len(avg))
+    return aggregate.choose_champion(table, ranked, GRID_KEYS, metric)
 
 
 def test_champion_has_the_highest_mean(tmp_path):
@@ -153,6 +154,11 @@ def test_champion_has_the_highest_mean(tmp_path):
     )
     assert "lower std" in champ["rule"] and "fewer trainable parameters" in champ["rule"]
     assert [r["rank"] for r in champ["ranking"]] == [1, 2]
+
+
+def test_deploy_seed_ties_go_to_the_earlier_seed(tmp_path):
+    champ = ranked_champion(tmp_path, {("cnn", 0.001, 64, "adam"): [0.9, 0.95, 0.95]})
+    assert champ["deploy"]["seed"] == 2
 
 
 def test_champion_ties_go_to_lower_std_then_fewer_parameters_then_grid_order(tmp_path):
@@ -177,7 +183,8 @@ def test_champion_by_val_loss_prefers_the_lowest(tmp_path):
         runs.append(dict(p, seed=1))
     table = aggregate.runs_table(runs, dirs, GRID_KEYS)
     avg = aggregate.metrics_avg(table, GRID_KEYS)
-    champ = aggregate.choose_champion(table, avg, GRID_KEYS, "val_loss", [1, 1])
+    ranked = aggregate.rank_grid_points(avg, "val_loss", [1, 1])
+    champ = aggregate.choose_champion(table, ranked, GRID_KEYS, "val_loss")
     assert champ["grid_point"]["model"] == "mlp"
     assert champ["direction"] == "lower"
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .errors import PcamflowError
 from .io import json_scalar, read_json
-from .metrics import LOWER_IS_BETTER
+from .metrics import LOWER_IS_BETTER, is_better
 
 HISTORY_FILE = "history.json"
 RUN_INFO_FILE = "run.json"
@@ -162,19 +162,13 @@ def rank_grid_points(avg: pd.DataFrame, metric: str, n_params: Sequence[int]) ->
     return table
 
 
-def choose_champion(
-    runs: pd.DataFrame,
-    avg: pd.DataFrame,
-    grid_keys: Sequence[str],
-    metric: str,
-    n_params: Sequence[int],
-) -> dict:
+def choose_champion(runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequence[str], metric: str) -> dict:
     """champion.json: the grid point ranked first, the rule, its numbers, checkpoints and the ranking.
 
-    `deploy` is the champion's seed with the best validation value (ties: the earlier seed in the
-    config): the one checkpoint that slices, galleries and an exported model use.
+    `ranked` is rank_grid_points' table. `deploy` is the champion's seed with the best validation
+    value (ties: the earlier seed in the config): the one checkpoint that slices, galleries and an
+    exported model use.
     """
-    ranked = rank_grid_points(avg, metric, n_params)
     winner = ranked.loc[ranked["rank"] == 1].iloc[0]
     point = {k: json_scalar(winner[k]) for k in grid_keys}
     mine = runs.loc[(runs[list(grid_keys)] == pd.Series(point)).all(axis=1)]
@@ -189,9 +183,10 @@ def choose_champion(
                 metric: json_scalar(run[f"{metric}_at_best"]),
             }
         )
-    values = [s[metric] if s[metric] is not None else math.nan for s in seeds]
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
-    deploy = seeds[int(np.argmin([sign * v if not math.isnan(v) else math.inf for v in values]))]
+    deploy = seeds[0]
+    for seed in seeds[1:]:
+        if is_better(seed[metric], deploy[metric], metric):  # strictly: a tie keeps the earlier seed
+            deploy = seed
     columns = [*grid_keys, "n_seeds", f"{metric}_mean", f"{metric}_std", "n_params", "rank"]
     ranking = ranked.sort_values("rank")[columns]
     return {
@@ -251,9 +246,10 @@ def write_champion(runs_csv, avg_csv, grid_keys, metric, training, champion_json
 
     runs, avg = _read_table(runs_csv), _read_table(avg_csv)
     n_params = _parameter_counts(avg["model"], training) if "model" in avg else [0] * len(avg)
-    champion = choose_champion(runs, avg, grid_keys, metric, n_params)
+    ranked = rank_grid_points(avg, metric, n_params)
+    champion = choose_champion(runs, ranked, grid_keys, metric)
     write_json(champion_json, champion)
-    plot_parallel_coordinates(rank_grid_points(avg, metric, n_params), grid_keys, metric, parallel_png)
+    plot_parallel_coordinates(ranked, grid_keys, metric, parallel_png)
     return champion
 
 

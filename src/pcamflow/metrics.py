@@ -16,9 +16,18 @@ NO_NEGATIVES = "no negative labels"
 NO_PREDICTED_POSITIVES = "no predicted positives"
 EMPTY = "no samples"
 METRIC_NAMES = ("accuracy", "precision", "recall", "f2", "fbeta", "roc_auc", "pr_auc", "average_precision")
-# Validation (selection) metrics where lower is better; higher is better for every other one. Here,
-# not in train.py, so that aggregation jobs can rank without importing torch.
+# Validation (selection) metrics where lower is better; higher is better for every other one. This
+# and is_better live here, not in train.py, so that aggregation jobs rank without importing torch.
 LOWER_IS_BETTER = frozenset({"val_loss"})
+
+
+def is_better(value: float | None, best: float | None, metric: str) -> bool:
+    """Whether `value` of a validation metric strictly beats `best`; None (undefined) never wins."""
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value < best if metric in LOWER_IS_BETTER else value > best
 
 
 def _labels(y) -> np.ndarray:

@@ -632,14 +632,6 @@ def evaluate(
     }
 
 
-def is_better(value: float | None, best: float | None, metric: str) -> bool:
-    if value is None:
-        return False
-    if best is None:
-        return True
-    return value < best if metric in metrics.LOWER_IS_BETTER else value > best
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -690,7 +682,9 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
             )
             log_epoch(progress.epochs[-1], settings["epochs"])
             # the first epoch is the best so far even when its metric is undefined (one-class valid)
-            if progress.best_epoch is None or is_better(scores[selection], progress.best_value, selection):
+            if progress.best_epoch is None or metrics.is_better(
+                scores[selection], progress.best_value, selection
+            ):
                 progress.best_value, progress.best_epoch = scores[selection], progress.epoch
                 save_checkpoint(state_dir / BEST, best_state(run, progress, scores))
             save_resume_state(run, progress, "epoch end")
