@@ -135,3 +135,13 @@ def test_cost_command_bad_config_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(
         f"pcamflow: error: {bad}: unknown key 'epoch' in 'training'"
     )
+
+
+@pytest.mark.parametrize("tiles", ["0", "-5"])
+def test_cost_command_refuses_a_train_tiles_below_one(tiles):
+    proc = pcamflow("cost", "--config", str(PCAM_YAML), "--train-tiles", tiles, check=False)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        == f"pcamflow: error: --train-tiles: must be a positive number of tiles, got {tiles}"
+    )

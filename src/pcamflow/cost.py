@@ -295,7 +295,7 @@ def assumptions(cfg: dict, train_tiles: int) -> str:
 def cli_main(args) -> int:
     """`pcamflow cost --config FILE`: the estimate as a table, then its assumptions."""
     cfg = validate_config(load_yaml(args.config), source=str(args.config))
-    train_tiles = args.train_tiles or constants.FULL_SIZES["train"]
+    train_tiles = constants.FULL_SIZES["train"] if args.train_tiles is None else args.train_tiles
     if train_tiles < 1:
         raise PcamflowError(f"--train-tiles: must be a positive number of tiles, got {train_tiles}")
     print(format_table(estimate(cfg, train_tiles)))
