@@ -9,7 +9,7 @@ import pytest
 
 from pcamflow import staging
 from pcamflow.io import write_json
-from pcamflow.store import MANIFEST_FILE, load_split
+from pcamflow.store import MANIFEST_FILE, STATS_FILE, load_split
 
 
 def write_store(store, checksum: str, n: int = 4):
@@ -60,13 +60,22 @@ def test_slurm_job_copies_the_store_to_scratch(store, in_slurm_job):
     assert not [p for p in staged.parent.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
+def test_only_what_training_reads_is_staged_not_the_test_split(store, in_slurm_job):
+    np.save(store / "test_x.npy", np.zeros((4, 96, 96, 3), dtype=np.uint8))
+    write_json(store / STATS_FILE, {"mean": [0.5] * 3, "std": [0.2] * 3})
+    staged = staging.stage_prepared(store)
+    assert sorted(p.name for p in staged.iterdir()) == sorted(
+        ["train_x.npy", "train_y.npy", "train_index.npy", STATS_FILE, MANIFEST_FILE]
+    )
+
+
 def test_second_call_in_the_same_job_reuses_the_copy(store, in_slurm_job, monkeypatch):
     first = staging.stage_prepared(store)
 
     def no_copy(*args, **kwargs):
         raise AssertionError("copied twice")
 
-    monkeypatch.setattr(shutil, "copytree", no_copy)
+    monkeypatch.setattr(shutil, "copy2", no_copy)
     assert staging.stage_prepared(store) == first
 
 

@@ -1,9 +1,10 @@
 """Node-local staging: inside a Slurm job, read the prepared store from the job's local scratch.
 
 On Snellius a job asking for `--constraint=scratch-node` gets a node-local NVMe disk at $TMPDIR,
-deleted when the job ends. Training reads the whole store every epoch; reading it from the shared
-file system (GPFS) by hundreds of jobs at once is slow for everyone, so each job copies it to
-$TMPDIR once and reads it from there. Outside Slurm nothing is copied.
+deleted when the job ends. Training reads the train and valid splits every epoch; reading them from
+the shared file system (GPFS) by hundreds of jobs at once is slow for everyone, so each job copies
+them (not the test split, which only evaluation reads) to $TMPDIR once and reads them from there.
+Outside Slurm nothing is copied.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .store import MANIFEST_FILE, store_checksum
+from .store import MANIFEST_FILE, store_checksum, store_files
 
 log = logging.getLogger(__name__)
 
 STAGE_ROOT = "pcamflow-staged"
+STAGED_SPLITS = ("train", "valid")  # what training reads
 
 
 def node_local_scratch() -> Path | None:
@@ -29,24 +31,27 @@ def node_local_scratch() -> Path | None:
     return Path(tmpdir)
 
 
-def stage_prepared(store_dir: str | os.PathLike) -> Path:
-    """Where to read the prepared store from: a copy in node-local scratch inside a Slurm job
-    (made once per job, reused while its manifest checksum matches), else store_dir itself."""
+def stage_prepared(store_dir: str | os.PathLike, splits: tuple[str, ...] = STAGED_SPLITS) -> Path:
+    """Where to read the prepared store's `splits` from: a copy of them (with stats and manifest) in
+    node-local scratch inside a Slurm job (made once per job, reused while its manifest checksum
+    matches), else store_dir itself."""
     store_dir = Path(store_dir)
     scratch = node_local_scratch()
     if scratch is None:
         return store_dir
     checksum = store_checksum(store_dir)
-    staged = scratch / STAGE_ROOT / checksum[:16]
+    staged = scratch / STAGE_ROOT / "-".join([checksum[:16], *splits])
     if _is_complete_copy(staged, checksum):
         log.info("prepared store already staged at %s", staged)
         return staged
-    needed = _tree_size(store_dir)
+    # only the files present: a partial store stages what it has, as it would be read in place
+    files = [path for path in store_files(store_dir, splits) if path.exists()]
+    needed = sum(path.stat().st_size for path in files)
     free = shutil.disk_usage(scratch).free
     if needed > free:
         log.warning("not staging %s: needs %d bytes, %s has %d free", store_dir, needed, scratch, free)
         return store_dir
-    _copy_atomically(store_dir, staged)
+    _copy_atomically(files, staged)
     log.info("staged prepared store %s -> %s (%d bytes)", store_dir, staged, needed)
     return staged
 
@@ -56,13 +61,14 @@ def _is_complete_copy(staged: Path, checksum: str) -> bool:
     return (staged / MANIFEST_FILE).exists() and store_checksum(staged) == checksum
 
 
-def _copy_atomically(source: Path, target: Path) -> None:
+def _copy_atomically(files: list[Path], target: Path) -> None:
     """Copy into a temporary sibling, then rename: concurrent jobs on the node never see half a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)  # a copy whose manifest no longer matches
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        for path in files:
+            shutil.copy2(path, tmp / path.name)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -71,7 +77,3 @@ def _copy_atomically(source: Path, target: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tree_size(directory: Path) -> int:
-    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
