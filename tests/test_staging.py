@@ -98,3 +98,22 @@ def test_a_stale_copy_under_the_same_name_is_replaced(store, in_slurm_job):
 def test_too_little_scratch_space_reads_the_store_in_place(store, in_slurm_job, monkeypatch):
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
     assert staging.stage_prepared(store) == store
+
+
+def test_atomic_dir_replaces_on_success_and_leaves_the_old_directory_on_failure(tmp_path):
+    from pcamflow.io import atomic_dir
+
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "b").write_text("half")
+        raise RuntimeError("interrupted")
+    assert [p.name for p in target.iterdir()] == ["a"]
+    with atomic_dir(target) as tmp:
+        (tmp / "c").write_text("2")
+    assert [p.name for p in target.iterdir()] == ["c"]
+    with atomic_dir(target, replace=False) as tmp:
+        (tmp / "d").write_text("3")
+    assert [p.name for p in target.iterdir()] == ["c"]  # the directory already there is kept
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left

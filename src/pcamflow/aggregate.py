@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import PcamflowError
-from .io import json_scalar, read_json
+from .io import atomic_dir, json_scalar, read_json
 from .metrics import LOWER_IS_BETTER, is_better
 
 HISTORY_FILE = "history.json"
@@ -266,32 +266,27 @@ def plot_grid_point(point: dict, seeds, run_dirs, epochs_png, steps_png, grid_ke
 def write_sweep_tensorboard(runs, run_dirs, grid_keys, out_dir) -> None:
     """TensorBoard HParams of the whole sweep: one sub-run per (grid point, seed) with its best-epoch
     validation metrics as HParams metrics and its per-epoch validation curves as scalars."""
-    import shutil
-
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for run, run_dir in zip(runs, run_dirs):
-        history = load_history(run_dir)
-        params = {k: run[k] for k in grid_keys} | {"seed": run["seed"]}
-        params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
-        best = best_epoch_row(history)
-        scores = {f"best/{m}": float(best[m]) for m in VAL_METRICS if best.get(m) is not None}
-        writer = SummaryWriter(log_dir=str(tmp / f"{point_id(run, grid_keys)}/seed~{run['seed']}"))
-        for summary in hparams(params, scores):
-            writer.file_writer.add_summary(summary)
-        for name, value in scores.items():
-            writer.add_scalar(name, value, history["best_epoch"])
-        for epoch in history["epochs"]:
-            for metric in VAL_METRICS:
-                if epoch.get(metric) is not None:
-                    writer.add_scalar(f"epoch/{metric}", epoch[metric], epoch["epoch"])
-        writer.close()
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        for run, run_dir in zip(runs, run_dirs):
+            history = load_history(run_dir)
+            params = {k: run[k] for k in grid_keys} | {"seed": run["seed"]}
+            params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
+            best = best_epoch_row(history)
+            scores = {f"best/{m}": float(best[m]) for m in VAL_METRICS if best.get(m) is not None}
+            log_dir = tmp / point_id(run, grid_keys) / f"seed~{run['seed']}"
+            with SummaryWriter(log_dir=str(log_dir)) as writer:
+                for summary in hparams(params, scores):
+                    writer.file_writer.add_summary(summary)
+                for name, value in scores.items():
+                    writer.add_scalar(name, value, history["best_epoch"])
+                for epoch in history["epochs"]:
+                    for metric in VAL_METRICS:
+                        if epoch.get(metric) is not None:
+                            writer.add_scalar(f"epoch/{metric}", epoch[metric], epoch["epoch"])
 
 
 def _read_table(path) -> pd.DataFrame:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from .io import atomic_dir
 from .store import MANIFEST_FILE, store_checksum, store_files
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,8 @@ def _is_complete_copy(staged: Path, checksum: str) -> bool:
 
 def _copy_atomically(files: list[Path], target: Path) -> None:
     """Copy into a temporary sibling, then rename: concurrent jobs on the node never see half a copy."""
-    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(target, ignore_errors=True)  # a copy whose manifest no longer matches
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    # replace=False: another process of this job that staged the same store first keeps its copy
+    with atomic_dir(target, replace=False) as tmp:
         for path in files:
             shutil.copy2(path, tmp / path.name)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            # Another process of this job staged the same store first; keep its copy.
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

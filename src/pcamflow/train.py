@@ -38,7 +38,7 @@ from . import metrics, provenance
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import GRID_KEYS, load_schema, load_yaml, validate
 from .errors import PcamflowError
-from .io import atomic_path, write_csv, write_json
+from .io import atomic_dir, atomic_path, write_csv, write_json
 from .models import build_model
 from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
 from .staging import stage_prepared
@@ -776,25 +776,20 @@ def write_tensorboard(path: Path, cfg: dict, progress: Progress, selection: str)
     """
     from torch.utils.tensorboard import SummaryWriter
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    writer = SummaryWriter(log_dir=str(tmp))
-    for row in progress.epochs:
-        for key, value in row.items():
-            if key != "epoch" and value is not None:
-                writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-    for row in progress.steps:
-        for key in ("train_loss_step", "grad_norm", "lr"):
-            if row[key] is not None:
-                writer.add_scalar(f"step/{key}", row[key], row["step"])
-    best = next((r for r in progress.epochs if r["epoch"] == progress.best_epoch), None) or {}
-    hparams = {k: v for k, v in cfg.items() if k not in ("data", "training")}
-    scores = {f"best/{k}": v for k, v in best.items() if k.startswith("val_") and v is not None}
-    if scores:
-        writer.add_hparams(hparams, scores, run_name=".")
-    writer.close()
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_dir(path) as tmp, SummaryWriter(log_dir=str(tmp)) as writer:
+        for row in progress.epochs:
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+        for row in progress.steps:
+            for key in ("train_loss_step", "grad_norm", "lr"):
+                if row[key] is not None:
+                    writer.add_scalar(f"step/{key}", row[key], row["step"])
+        best = next((r for r in progress.epochs if r["epoch"] == progress.best_epoch), None) or {}
+        hparams = {k: v for k, v in cfg.items() if k not in ("data", "training")}
+        scores = {f"best/{k}": v for k, v in best.items() if k.startswith("val_") and v is not None}
+        if scores:
+            writer.add_hparams(hparams, scores, run_name=".")
 
 
 # ---------------------------------------------------------------- entry points
