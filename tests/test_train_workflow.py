@@ -92,8 +92,8 @@ def test_a_preempted_rule_script_exits_75_with_one_line(tmp_path, capsys):
     """Every rule script that trains (train, reproducibility) goes through run_script: exit 75, one line."""
     from types import SimpleNamespace
 
+    from pcamflow.errors import EXIT_PREEMPTED, Preempted
     from pcamflow.smk import run_script
-    from pcamflow.train import EXIT_PREEMPTED, Preempted
 
     def preempted_main(smk):
         raise Preempted("SIGTERM: checkpointed mid-epoch; run again to resume")

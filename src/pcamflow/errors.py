@@ -11,6 +11,15 @@ class PcamflowError(Exception):
     """A user-facing error: its message is one line naming the file or key and the problem."""
 
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; run again to resume
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived during training: the state is checkpointed; exit EXIT_PREEMPTED."""
+
+    exit_code = EXIT_PREEMPTED
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first message line (its type name when it has none), for one-line messages."""
     text = str(exc).strip()

@@ -7,15 +7,14 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .errors import PcamflowError
+from .errors import PcamflowError, Preempted
 
 
 def run_script(snakemake, main: Callable[[object], None]) -> None:
     """Run a rule's script: stderr and logging go to snakemake.log[0].
 
-    A PcamflowError exits 1 with one line. An exception carrying an `exit_code` (train.Preempted:
-    checkpointed on SIGTERM/SIGUSR1) exits with that code and one line, so Snakemake's retry
-    resumes the run; it is matched by attribute so this module stays free of torch.
+    A PcamflowError exits 1 with one line. A Preempted run (checkpointed on SIGTERM/SIGUSR1) exits
+    EXIT_PREEMPTED with one line, so Snakemake's retry resumes it.
     """
     log_path = snakemake.log[0] if len(snakemake.log) else None
     terminal = sys.stderr
@@ -30,11 +29,8 @@ def run_script(snakemake, main: Callable[[object], None]) -> None:
             main(snakemake)
         except PcamflowError as err:
             _exit_with_line(f"pcamflow: error: {err}", 1, terminal)
-        except Exception as err:
-            exit_code = getattr(err, "exit_code", None)
-            if not isinstance(exit_code, int):
-                raise
-            _exit_with_line(f"pcamflow: {err}", exit_code, terminal)
+        except Preempted as stop:
+            _exit_with_line(f"pcamflow: {stop}", stop.exit_code, terminal)
         finally:
             sys.stderr = terminal
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from . import metrics, provenance
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import GRID_KEYS, load_schema, load_yaml, validate
-from .errors import PcamflowError
+from .errors import EXIT_PREEMPTED, PcamflowError, Preempted
 from .io import atomic_dir, atomic_path, write_csv, write_json
 from .models import build_model
 from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
@@ -46,7 +46,6 @@ from .store import load_split, load_stats, store_checksum, store_files
 
 log = logging.getLogger("pcamflow.train")
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpointed on SIGTERM/SIGUSR1; run again to resume
 EPOCH_FIELDS = (
     "epoch",
     "train_loss",
@@ -66,12 +65,6 @@ VAL_METRICS = {"accuracy": "val_accuracy", "f2": "val_f2", "roc_auc": "val_auc",
 # of these (another device, thread count or logging cadence) still resumes.
 OPERATIONAL_KEYS = ("log_every", "checkpoint_minutes", "checkpoint_every_steps", "device", "threads")
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
-
-
-class Preempted(Exception):
-    """SIGTERM/SIGUSR1 arrived: the state is checkpointed; the process should exit EXIT_PREEMPTED."""
-
-    exit_code = EXIT_PREEMPTED
 
 
 # ---------------------------------------------------------------- run config
