@@ -11,6 +11,7 @@ from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_split
 
 from pcamflow.audit import FAULTS, audit_split, cross_split_duplicates, load_hashes, tile_hash
+from pcamflow.download import record_path
 from pcamflow.rawdata import split_paths
 from pcamflow.synth import write_synthetic
 
@@ -164,3 +165,20 @@ def test_audit_finds_every_fault_the_generator_planted(tmp_path):
     )
     planted_pairs = sorted(record["cross_split_duplicates"], key=lambda p: (p["index_a"], p["index_b"]))
     assert planted_pairs and cross["pairs"] == planted_pairs
+
+
+def test_audit_says_whether_each_md5_traces_back_to_a_published_one(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    x_md5 = hashlib.md5(x_path.read_bytes()).hexdigest()
+    # x as pcamflow's download leaves it: a record beside it, its .gz checked against Zenodo's md5
+    record = {
+        "url": "https://example.org/x.h5.gz",
+        "gz_md5": "a" * 32,
+        "gz_md5_published": True,
+        "h5_md5": x_md5,
+    }
+    record_path(x_path).write_text(json.dumps(record))
+    provenance = audit(x_path, y_path).report["files"]["provenance"]
+    assert provenance["x"]["matches_published"] is True
+    assert provenance["y"]["matches_published"] is None  # no record: a copy from elsewhere
+    assert "no download record" in provenance["y"]["how"]

@@ -21,6 +21,7 @@ import numpy as np
 from . import constants
 from .config import validate_section
 from .constants import FAULTS
+from .download import checksum_provenance
 from .errors import PcamflowError
 from .io import atomic_path, md5sum, read_json, write_json
 from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
@@ -259,10 +260,16 @@ def _scan_raw_block(block: np.ndarray, flags: dict, value_counts: dict, start: i
 
 def _files(raw: RawSplit, split: str | None) -> dict:
     meta = meta_path(raw.x_path, split) if split else None
+    md5 = {"x": md5sum(raw.x_path), "y": md5sum(raw.y_path)}
     return {
         "x": str(raw.x_path),
         "y": str(raw.y_path),
-        "md5": {"x": md5sum(raw.x_path), "y": md5sum(raw.y_path)},
+        "md5": md5,
+        # whether each md5 traces back to Zenodo's published one (through pcamflow's download record)
+        "provenance": {
+            kind: checksum_provenance(path, md5[kind])
+            for kind, path in (("x", raw.x_path), ("y", raw.y_path))
+        },
         "meta": {"path": str(meta) if meta else None, "found": bool(meta and meta.exists())},
     }
 
