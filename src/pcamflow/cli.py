@@ -34,10 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(sub):
     p = sub.add_parser("synth", help="write synthetic PCAM-format H5 files")
     p.add_argument("--out", required=True, help="directory for the six .h5 files and meta CSVs")
-    p.add_argument("--n-train", type=int, default=4000)
-    p.add_argument("--n-valid", type=int, default=1000)
-    p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    for option in ("--n-train", "--n-valid", "--n-test", "--seed"):
+        p.add_argument(option, type=int, help="default: the config schema's `synthetic:` default")
     p.add_argument("--poison", action="store_true", help="course-style float32 copy with planted faults")
     p.add_argument(
         "--workers", type=int, default=1, help="processes rendering tiles (same files for any number)"

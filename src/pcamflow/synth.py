@@ -723,16 +723,13 @@ def write_synthetic(
 
 
 def cli_main(args) -> int:
-    """`pcamflow synth`: write the synthetic dataset to --out."""
-    record = write_synthetic(
-        args.out,
-        n_train=args.n_train,
-        n_valid=args.n_valid,
-        n_test=args.n_test,
-        seed=args.seed,
-        poison=args.poison,
-        workers=args.workers,
+    """`pcamflow synth`: write the synthetic dataset to --out (sizes and seed default to the schema's)."""
+    given = {key: getattr(args, key) for key in ("n_train", "n_valid", "n_test", "seed")}
+    settings = validate_section(
+        "synthetic", {k: v for k, v in given.items() if v is not None}, source="pcamflow synth"
     )
+    sizes = {key: settings[key] for key in given}
+    record = write_synthetic(args.out, **sizes, poison=args.poison, workers=args.workers)
     faulty = sum(len(tiles) for split in record["splits"].values() for tiles in split.values())
     duplicates = len(record["cross_split_duplicates"])
     print(f"wrote synthetic PCAM to {args.out} ({faulty} faulty tiles, {duplicates} planted duplicates)")
