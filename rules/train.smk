@@ -36,7 +36,8 @@ rule train:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
         training=config["training"],
-        data=str(PREPARED),
+        # from the input, not PREPARED: Snakemake's lint wants path params derived from the files
+        data=lambda wildcards, input: str(Path(input[0]).parent),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
         state_dir=STATE_DIR,
     script:
