@@ -1,5 +1,5 @@
 # Sweep stage: runs table, mean and std over seeds, the champion (validation only), plots, HParams.
-# Library: pcamflow.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
+# Library: pcamflow.evaluation.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
 
 GRID_KEYS = list(GRID.columns)
 # report labels of a per-grid-point figure: its grid values, read from the wildcards

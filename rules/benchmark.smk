@@ -1,8 +1,8 @@
 # Throughput stage: `pcamflow bench` over partitions x models x batch sizes x precisions x modes.
 # One job per partition loops its whole matrix (a sane number of Slurm jobs) and gets that
 # partition's Slurm resources and CPUs; locally those CPUs (capped by --cores) usually are all
-# cores, so no other job runs beside a measurement. Library: pcamflow.bench, pcamflow.throughput.
-from pcamflow.store import store_files
+# cores, so no other job runs beside a measurement. Library: pcamflow.throughput.measure, pcamflow.throughput.summary.
+from pcamflow.data.store import store_files
 
 
 rule benchmark:

@@ -1,7 +1,7 @@
 # Evaluation stage: the champion on test once (predictions made once per checkpoint, then reused),
 # slices and error galleries, and the reproducibility check (the deployed run trained a second time).
-# Library: pcamflow.evaluate, pcamflow.slices, pcamflow.repro. Path patterns: rules/common.smk.
-from pcamflow.store import array_path, store_files
+# Library: pcamflow.evaluation.evaluate, pcamflow.evaluation.slices, pcamflow.evaluation.reproducibility. Path patterns: rules/common.smk.
+from pcamflow.data.store import array_path, store_files
 
 REPRO_ORIGINAL = config["reproducibility"]["run"].rstrip("/")
 if REPRO_ORIGINAL and str(Path(REPRO_ORIGINAL).parent) not in {

@@ -1,7 +1,7 @@
 # Export stage: the champion's model bundle (deployed checkpoint, validation threshold, drift
 # reference, model card, checksums) and the offline handover tarball.
-# Library: pcamflow.export. Path patterns: rules/common.smk.
-from pcamflow.export import BUNDLE_FILES, CARD_FILE
+# Library: pcamflow.deployment.export. Path patterns: rules/common.smk.
+from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE
 
 
 rule export:

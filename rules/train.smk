@@ -1,6 +1,6 @@
 # Stage rules: train (see rules/common.smk for path patterns). One job per (grid point, seed);
 # its outputs are RUN_FILES in RUN_DIR plus the TensorBoard events.
-from pcamflow.store import store_files
+from pcamflow.data.store import store_files
 
 RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
 

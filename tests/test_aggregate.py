@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcamflow import aggregate
 from pcamflow.errors import PcamflowError
+from pcamflow.evaluation import aggregate
 
 GRID_KEYS = ["model", "lr", "batch_size", "optimizer"]
 

@@ -11,11 +11,11 @@ import torch
 from pcam_fixtures import write_split
 from train_fixtures import write_store
 
-from pcamflow import bench
 from pcamflow.cli import main as cli
 from pcamflow.constants import TILE_SHAPE
 from pcamflow.errors import PcamflowError
-from pcamflow.naive_loader import NaiveH5Dataset, balanced_sampler
+from pcamflow.throughput import measure as bench
+from pcamflow.throughput.baselines import NaiveH5Dataset, balanced_sampler
 
 BATCH, WARMUP, STEPS = 8, 1, 2
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -226,7 +226,7 @@ def test_cpu_partition_measures_fp32_and_skips_fp16_with_the_reason(store, raw_x
 @NO_CUDA
 def test_gpu_partition_without_cuda_is_skipped_with_a_clear_message(tmp_path, caplog):
     out = tmp_path / "gpu.csv"
-    with caplog.at_level(logging.WARNING, logger="pcamflow.bench"):
+    with caplog.at_level(logging.WARNING, logger="pcamflow.throughput.measure"):
         bench.write_partition_csv(
             "gpu_a100",
             {"device": "cuda", "cpus": 18, "gpus": 1},

@@ -14,8 +14,7 @@ import pytest
 from bundle_fixtures import make_bundle
 from conftest import pcamflow, snakemake
 
-from pcamflow.errors import PcamflowError
-from pcamflow.export import (
+from pcamflow.deployment.export import (
     BUNDLE_FILES,
     CARD_FILE,
     HANDOVER_ROOT,
@@ -24,6 +23,7 @@ from pcamflow.export import (
     load_bundle,
     write_handover,
 )
+from pcamflow.errors import PcamflowError
 
 EXPECTED_MEMBERS = {
     *(f"{HANDOVER_ROOT}/model/{name}" for name in BUNDLE_FILES),

@@ -11,7 +11,7 @@ from conftest import REPO, pcamflow
 
 from pcamflow import constants
 from pcamflow.config import grid_points, validate_config
-from pcamflow.cost import (
+from pcamflow.throughput.cost import (
     JOB_OVERHEAD_H,
     ROME_MIN_CORES,
     SBU_PER_GPU_HOUR,

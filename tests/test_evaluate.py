@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from pcamflow import evaluate as ev
-from pcamflow.checkpoint import save_checkpoint
+from pcamflow.data.pipeline import predict_proba
 from pcamflow.errors import PcamflowError
-from pcamflow.models import build_model
-from pcamflow.pipeline import predict_proba
+from pcamflow.evaluation import evaluate as ev
+from pcamflow.training.checkpoint import save_checkpoint
+from pcamflow.training.models import build_model
 
 SETTINGS = {"target_recall": 0.9, "tta": False, "bootstrap": 60, "ci": 0.95, "seed": 3}
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow.pipeline import (
+from pcamflow.data.pipeline import (
     D4_SIZE,
     BatchLoader,
     GpuTransform,
@@ -14,7 +14,7 @@ from pcamflow.pipeline import (
     apply_d4,
     predict_proba,
 )
-from pcamflow.store import Split, load_split, load_stats
+from pcamflow.data.store import Split, load_split, load_stats
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
 from test_profiles import MAIN, parse_profile
 
+from pcamflow.evaluation.reproducibility import compare_runs
 from pcamflow.io import read_json
-from pcamflow.repro import compare_runs
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -179,7 +179,7 @@ def test_staging_copies_the_prepared_store_to_the_jobs_node_local_scratch(slurm_
     store.mkdir()
     (store / "train_y.npy").write_bytes(b"\x93NUMPY")
     (store / "manifest.json").write_text('{"checksum": "' + "c" * 64 + '"}')
-    code = f"from pcamflow.staging import stage_prepared; print(stage_prepared({str(store)!r}))"
+    code = f"from pcamflow.data.staging import stage_prepared; print(stage_prepared({str(store)!r}))"
     out = tmp_path / "job.out"
     job = f"srun {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
     slurm_env.run(

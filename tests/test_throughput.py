@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import snakemake
 
-from pcamflow import bench
 from pcamflow.errors import PcamflowError
-from pcamflow.throughput import (
+from pcamflow.throughput import measure as bench
+from pcamflow.throughput.summary import (
     COMPUTE_BOUND,
     INPUT_BOUND,
     add_bottleneck,
@@ -160,7 +160,7 @@ def test_benchmark_stage_on_the_test_config(workflow_dir):
 
 def test_benchmark_memory_counts_the_prepared_store_not_the_raw_file(workflow_dir):
     from pcamflow.constants import raw_filename
-    from pcamflow.store import store_files
+    from pcamflow.data.store import store_files
 
     def sparse(path, mb):  # sizes without writing the bytes
         path.parent.mkdir(parents=True, exist_ok=True)

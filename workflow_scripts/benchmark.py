@@ -1,8 +1,8 @@
 """Rule benchmark: one partition's throughput matrix -> results/throughput/{partition}.csv."""
 
-from pcamflow.bench import write_partition_csv
+from pcamflow.data.staging import stage_prepared
 from pcamflow.smk import run_script
-from pcamflow.staging import stage_prepared
+from pcamflow.throughput.measure import write_partition_csv
 
 
 def main(smk):

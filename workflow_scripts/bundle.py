@@ -1,8 +1,8 @@
-"""Rule bundle: results/bundle.tar.gz for an offline handover (pcamflow.export.write_handover)."""
+"""Rule bundle: results/bundle.tar.gz for an offline handover (pcamflow.deployment.export.write_handover)."""
 
 from pathlib import Path
 
-from pcamflow.export import write_handover
+from pcamflow.deployment.export import write_handover
 from pcamflow.io import read_json
 from pcamflow.smk import run_script
 

@@ -7,19 +7,19 @@ import importlib
 import logging
 import sys
 
-from .errors import PcamflowError
+from pcamflow.errors import PcamflowError
 
 # subcommand -> (module, function): imported only when that subcommand runs, so `pcamflow synth`
 # does not pay for importing torch.
 COMMANDS = {
-    "synth": ("pcamflow.synth", "cli_main"),
-    "audit": ("pcamflow.audit", "cli_main"),
-    "prepare": ("pcamflow.prepare", "cli_main"),
-    "train": ("pcamflow.train", "cli_main"),
-    "bench": ("pcamflow.bench", "cli_main"),
-    "download": ("pcamflow.download", "cli_main"),
-    "cost": ("pcamflow.cost", "cli_main"),
-    "predict": ("pcamflow.predict", "cli_main"),
+    "synth": ("pcamflow.data.synthesize", "cli_main"),
+    "audit": ("pcamflow.data.audit", "cli_main"),
+    "prepare": ("pcamflow.data.prepare", "cli_main"),
+    "train": ("pcamflow.training.train", "cli_main"),
+    "bench": ("pcamflow.throughput.measure", "cli_main"),
+    "download": ("pcamflow.data.download", "cli_main"),
+    "cost": ("pcamflow.throughput.cost", "cli_main"),
+    "predict": ("pcamflow.deployment.predict", "cli_main"),
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import PcamflowError
+from pcamflow.errors import PcamflowError
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a grid point

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .io import atomic_path, write_text  # noqa: E402
+from pcamflow.io import atomic_path, write_text  # noqa: E402
 
 DPI = 110
 # (panel title, [(history key, label)]) of the per-epoch training curves

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rawdata import channel_histograms, histogram_moments
+from pcamflow.data.rawdata import channel_histograms, histogram_moments
 
 CHANNELS = ("R", "G", "B")
 LEVELS = 256

@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
-from . import constants
-from .config import grid_points, load_yaml, validate_config
-from .errors import PcamflowError
+from pcamflow import constants
+from pcamflow.config import grid_points, load_yaml, validate_config
+from pcamflow.errors import PcamflowError
 
 # ---- Snellius accounting (SURF's published rates) ----
 SBU_PER_GPU_HOUR = 128  # gpu_a100: the smallest job, 1/4 node (1 A100 + 18 cores + 120 GiB), per hour
@@ -69,7 +69,7 @@ def _model_cost(name: str, training_key: tuple) -> ModelCost:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import build_architecture
+    from pcamflow.training.models import build_architecture
 
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in training_key}  # lists as in YAML
     model = build_architecture(name, settings).to("meta")  # shapes only: no memory, no compute
@@ -285,7 +285,7 @@ def assumptions(cfg: dict, train_tiles: int) -> str:
             f"validation every epoch ({constants.FULL_SIZES['valid']:,} tiles).",
             f"Training img/s at batch 128 on an A100 ({prec}): {rates}.",
             f"From NVIDIA's ResNet-50 A100 training rate x {GPU_EFFICIENCY:.0%}, per-step overhead "
-            f"{STEP_OVERHEAD_S * 1000:.0f} ms, {JOB_OVERHEAD_H * 60:.0f} min per GPU job (see pcamflow/cost.py).",
+            f"{STEP_OVERHEAD_S * 1000:.0f} ms, {JOB_OVERHEAD_H * 60:.0f} min per GPU job (see pcamflow/throughput/cost.py).",
             f"SBU: {SBU_PER_GPU_HOUR} per A100-hour; rome {SBU_PER_CORE_HOUR} per core-hour, "
             f"at least {ROME_MIN_CORES} cores per job. The login-node download costs none.",
         ]

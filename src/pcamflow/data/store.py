@@ -1,6 +1,6 @@
 """The prepared store: the clean uint8 copy of every split that training and evaluation read.
 
-Layout of a store directory (written by `pcamflow.prepare`):
+Layout of a store directory (written by `pcamflow.data.prepare`):
     {split}_x.npy      uint8  (N, 96, 96, 3)  cleaned tiles
     {split}_y.npy      uint8  (N,)            labels in {0, 1}
     {split}_index.npy  int64  (N,)            row of each tile in the raw PCAM file
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PcamflowError
-from .io import read_json
+from pcamflow.errors import PcamflowError
+from pcamflow.io import read_json
 
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"

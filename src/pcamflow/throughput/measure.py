@@ -1,7 +1,7 @@
 """`pcamflow bench`: images per second of one configuration, appended to a CSV as one row.
 
 Modes: `data` (the input pipeline alone: batches from the prepared store, normalised and
-augmented on the device), `naive` (the course template's loader, `pcamflow.naive_loader`, read
+augmented on the device), `naive` (the course template's loader, `pcamflow.throughput.baselines`, read
 from a raw `_x.h5` file), `forward` (the model in eval mode without gradients) and `train` (a full
 training step fed by the pipeline; the row also says how long the step waited for input).
 
@@ -31,13 +31,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import train as trainer
-from .config import validate_training
-from .errors import PcamflowError, check_output_file, first_line
-from .io import write_csv
-from .models import MODELS, build_model
-from .pipeline import BatchLoader, GpuTransform, autocast
-from .store import Split, load_split, load_stats
+from pcamflow.config import validate_training
+from pcamflow.data.pipeline import BatchLoader, GpuTransform, autocast
+from pcamflow.data.store import Split, load_split, load_stats
+from pcamflow.errors import PcamflowError, check_output_file, first_line
+from pcamflow.io import write_csv
+from pcamflow.training import train as trainer
+from pcamflow.training.models import MODELS, build_model
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def timed_steps(batches: Iterator, step: Callable, *, warmup: int, steps: int, d
 
 def measure_naive(spec: BenchSpec) -> Measurement:
     """The course template's loader; it draws exactly the batches timed, so no epoch restarts."""
-    from .naive_loader import naive_loader
+    from pcamflow.throughput.baselines import naive_loader
 
     loader = naive_loader(
         spec.data,
@@ -317,7 +317,7 @@ def measure_forward(spec: BenchSpec) -> Measurement:
 
 
 def measure_train(spec: BenchSpec) -> Measurement:
-    """Training steps (`pcamflow.train.train_step`: forward, backward, optimizer, schedule) fed by
+    """Training steps (`pcamflow.training.train.train_step`: forward, backward, optimizer, schedule) fed by
     the pipeline. The input time counts gathering and the device transform, the rest is compute."""
     settings = _training_settings(spec)
     trainer.configure_determinism(settings["deterministic"])

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import constants
-from .errors import PcamflowError
-from .io import atomic_path, md5sum, read_json, write_json
+from pcamflow import constants
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path, md5sum, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def _logging_to(path: str | os.PathLike):
 
 def cli_main(args) -> int:
     """`pcamflow download`: every missing file into --data-dir (with --meta, the meta CSVs too)."""
-    from .config import validate_section
+    from pcamflow.config import validate_section
 
     given = {k: v for k, v in (("base_url", args.base_url), ("retries", args.retries)) if v is not None}
     source = Source.from_config(validate_section("download", given, source="pcamflow download"))

@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from .config import validate_section
-from .constants import (
+from pcamflow.config import validate_section
+from pcamflow.constants import (
     CENTRE,
     FAULTS,
     PLANTED_FILE,
@@ -48,8 +48,8 @@ from .constants import (
     meta_filename,
     raw_filename,
 )
-from .errors import PcamflowError
-from .io import atomic_path, write_csv, write_json
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

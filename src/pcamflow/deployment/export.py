@@ -5,7 +5,7 @@ Layout (BUNDLE_FORMAT 1):
                           -> P(positive) (N,) float32; the training-side normalisation
                           (`pipeline.GpuTransform`) is traced into the graph, so it cannot drift
     bundle.json           threshold, input/output contract, grid point, provenance
-    drift_reference.json  the train split's intensity histogram and the drift thresholds (`pcamflow.drift`)
+    drift_reference.json  the train split's intensity histogram and the drift thresholds (`pcamflow.deployment.drift`)
     MODEL_CARD.md         data, grid point, test metrics with CIs, intended use, weak slices, limits
     manifest.json         sha256 of every file above (written last; checked on every load)
 
@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import constants
-from .errors import PcamflowError
-from .io import atomic_path, read_json, sha256sum, write_json, write_text
+from pcamflow import constants
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path, read_json, sha256sum, write_json, write_text
 
 if TYPE_CHECKING:  # torch is imported where it is used: the Snakefile imports this module
     import torch
@@ -53,7 +53,7 @@ def tile_classifier(model, stats: dict):
     """
     import torch
 
-    from .pipeline import GpuTransform
+    from pcamflow.data.pipeline import GpuTransform
 
     class TileClassifier(torch.nn.Module):
         def __init__(self):
@@ -214,8 +214,8 @@ def resolve_device(device: str) -> torch.device:
 
 def train_reference(store_dir: str | os.PathLike, thresholds: dict, block_size: int = 4096) -> dict:
     """The drift reference of the store's train split, read block by block (memory-mapped)."""
-    from .drift import HistogramAccumulator, make_reference
-    from .store import load_split
+    from pcamflow.data.store import load_split
+    from pcamflow.deployment.drift import HistogramAccumulator, make_reference
 
     train = load_split(store_dir, "train", mmap=True)
     histogram = HistogramAccumulator()
@@ -245,9 +245,9 @@ def export_champion(
     """
     import pandas as pd
 
-    from .checkpoint import load_model
-    from .provenance import now_iso
-    from .store import load_stats, store_checksum
+    from pcamflow.data.store import load_stats, store_checksum
+    from pcamflow.provenance import now_iso
+    from pcamflow.training.checkpoint import load_model
 
     champion, evaluation = read_json(champion_json), read_json(evaluate_json)
     deploy = evaluation["deploy"]
@@ -436,7 +436,7 @@ def _training_line(training: dict) -> str:
 
 def _metrics_table(evaluation: dict, seed: int) -> str:
     """Deployed seed and champion mean at both thresholds, and the baselines: value ± std [CI]."""
-    from .evaluate import format_cell
+    from pcamflow.evaluation.evaluate import format_cell
 
     metrics = evaluation["metrics"]
     ci = evaluation["bootstrap"]["ci"]

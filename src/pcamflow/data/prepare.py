@@ -1,4 +1,4 @@
-"""Prepare: the clean uint8 store (layout in `pcamflow.store`) from raw PCAM files and their audits.
+"""Prepare: the clean uint8 store (layout in `pcamflow.data.store`) from raw PCAM files and their audits.
 
 Each split is streamed in blocks, cleaned by `rawdata.clean_tiles`, filtered (black/white tiles
 from the splits the config names, train tiles that also occur in valid or test) and appended
@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import constants
-from .audit import audit_split, cross_split_duplicates
-from .config import validate_section
-from .errors import PcamflowError
-from .io import read_json, sha256sum, write_json
-from .rawdata import (
+from pcamflow import constants
+from pcamflow.config import validate_section
+from pcamflow.data.audit import audit_split, cross_split_duplicates
+from pcamflow.data.rawdata import (
     RawTiles,
     channel_histograms,
     clean_tiles,
@@ -33,7 +31,9 @@ from .rawdata import (
     open_tiles,
     split_paths,
 )
-from .store import MANIFEST_FILE, STATS_FILE, array_path
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path
+from pcamflow.errors import PcamflowError
+from pcamflow.io import read_json, sha256sum, write_json
 
 log = logging.getLogger(__name__)
 

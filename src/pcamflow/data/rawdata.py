@@ -15,8 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import constants
-from .errors import PcamflowError, first_line
+from pcamflow import constants
+from pcamflow.errors import PcamflowError, first_line
 
 H5_SUFFIXES = (".h5", ".hdf5")
 X_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))

@@ -34,17 +34,22 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import metrics, provenance
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import GRID_KEYS, load_schema, load_yaml, validate
-from .errors import EXIT_PREEMPTED, PcamflowError, Preempted
-from .io import atomic_dir, atomic_path, write_csv, write_json
-from .models import build_model
-from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
-from .staging import stage_prepared
-from .store import load_split, load_stats, store_checksum, store_files
+from pcamflow import metrics, provenance
+from pcamflow.config import GRID_KEYS, load_schema, load_yaml, validate
+from pcamflow.data.pipeline import BatchLoader, GpuTransform, autocast, predict_logits
+from pcamflow.data.staging import stage_prepared
+from pcamflow.data.store import load_split, load_stats, store_checksum, store_files
+from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
+from pcamflow.io import atomic_dir, atomic_path, write_csv, write_json
+from pcamflow.training.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from pcamflow.training.models import build_model
 
-log = logging.getLogger("pcamflow.train")
+log = logging.getLogger("pcamflow.training.train")
 
 EPOCH_FIELDS = (
     "epoch",
@@ -240,7 +245,7 @@ class Run:
     transform: GpuTransform
     augment_rng: torch.Generator
     # what a full run adds (the benchmark builds a Run without them)
-    valid: object = None  # pcamflow.store.Split
+    valid: object = None  # pcamflow.data.store.Split
     stats: dict = dataclasses.field(default_factory=dict)
     state_dir: Path = Path("state")
     data_checksum: str = ""

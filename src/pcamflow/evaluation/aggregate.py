@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import PcamflowError
-from .io import atomic_dir, json_scalar, read_json
-from .metrics import LOWER_IS_BETTER, is_better
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_dir, json_scalar, read_json
+from pcamflow.metrics import LOWER_IS_BETTER, is_better
 
 HISTORY_FILE = "history.json"
 RUN_INFO_FILE = "run.json"
@@ -209,7 +209,7 @@ def choose_champion(runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequenc
 
 def count_parameters(model_name: str, training: dict) -> int:
     """Trainable parameters of a registered model built with these training settings."""
-    from .models import build_architecture
+    from pcamflow.training.models import build_architecture
 
     model = build_architecture(model_name, training)
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -220,8 +220,8 @@ def count_parameters(model_name: str, training: dict) -> int:
 
 def write_aggregate(runs, run_dirs, grid_keys, runs_csv, avg_csv, avg_html) -> pd.DataFrame:
     """runs.csv, metrics_avg.csv and its HTML view for the report."""
-    from .io import write_csv
-    from .plots import html_table
+    from pcamflow.io import write_csv
+    from pcamflow.plots import html_table
 
     table = runs_table(runs, run_dirs, grid_keys)
     avg = metrics_avg(table, grid_keys)
@@ -241,8 +241,8 @@ def write_aggregate(runs, run_dirs, grid_keys, runs_csv, avg_csv, avg_html) -> p
 
 def write_champion(runs_csv, avg_csv, grid_keys, metric, training, champion_json, parallel_png) -> dict:
     """champion.json and the parallel-coordinates plot of the grid."""
-    from .io import write_json
-    from .plots import plot_parallel_coordinates
+    from pcamflow.io import write_json
+    from pcamflow.plots import plot_parallel_coordinates
 
     runs, avg = _read_table(runs_csv), _read_table(avg_csv)
     n_params = _parameter_counts(avg["model"], training) if "model" in avg else [0] * len(avg)
@@ -255,7 +255,7 @@ def write_champion(runs_csv, avg_csv, grid_keys, metric, training, champion_json
 
 def plot_grid_point(point: dict, seeds, run_dirs, epochs_png, steps_png, grid_keys) -> None:
     """Training curves (mean and std band over seeds) and per-step plots of one grid point."""
-    from .plots import plot_steps, plot_training_curves
+    from pcamflow.plots import plot_steps, plot_training_curves
 
     histories = {int(seed): load_history(d) for seed, d in zip(seeds, run_dirs)}
     title = point_id(point, grid_keys)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PcamflowError
-from .io import atomic_path
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path
 
 FORMAT_VERSION = 1
 
@@ -62,7 +62,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, run_config) from a checkpoint (best or last)."""
-    from .models import build_architecture
+    from pcamflow.training.models import build_architecture
 
     state = load_checkpoint(path, map_location=device)
     run_config = state["run_config"]

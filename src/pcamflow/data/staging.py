@@ -14,8 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .io import atomic_dir
-from .store import MANIFEST_FILE, store_checksum, store_files
+from pcamflow.data.store import MANIFEST_FILE, store_checksum, store_files
+from pcamflow.io import atomic_dir
 
 log = logging.getLogger(__name__)
 

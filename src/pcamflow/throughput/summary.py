@@ -24,8 +24,8 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from .errors import PcamflowError
-from .io import atomic_path, write_csv
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path, write_csv
 
 log = logging.getLogger(__name__)
 

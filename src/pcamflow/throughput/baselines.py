@@ -3,7 +3,7 @@
 Per sample it opens the raw H5 files, reads one tile and one label, cleans the tile
 (NaN/inf -> 0, clip, uint8), goes through PIL (`ToPILImage`, `ToTensor`, `Normalize`), and a
 `WeightedRandomSampler` balances the classes; a `DataLoader` with worker processes batches it.
-`pcamflow bench --mode naive` times it against the new pipeline (`pcamflow.pipeline`).
+`pcamflow bench --mode naive` times it against the new pipeline (`pcamflow.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision import transforms
 
-from . import constants
-from .rawdata import clean_tiles, labels_path, open_split
+from pcamflow import constants
+from pcamflow.data.rawdata import clean_tiles, labels_path, open_split
 
 # The template normalised with fixed per-channel values; the values do not change the cost.
 TEMPLATE_MEAN = (0.5, 0.5, 0.5)

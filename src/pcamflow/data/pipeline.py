@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .constants import TILE_SHAPE
-from .cpu_kernel import CHANNELS, d4_normalise_threaded
-from .store import Split
+from pcamflow.constants import TILE_SHAPE
+from pcamflow.data.cpu_kernel import CHANNELS, d4_normalise_threaded
+from pcamflow.data.store import Split
 
 D4_SIZE = 8  # 4 rotations x {identity, flip}
 _NO_NORMALISE = (np.ones(CHANNELS, np.float32), np.zeros(CHANNELS, np.float32))  # x * 1 + 0
@@ -160,10 +160,10 @@ def apply_d4(x: torch.Tensor, transform: torch.Tensor | int) -> torch.Tensor:
 class GpuTransform:
     """uint8 NHWC tiles on the device -> normalised float NCHW, augmented in training only.
 
-    Normalisation uses the train-only statistics of the store (`pcamflow.store.load_stats`).
+    Normalisation uses the train-only statistics of the store (`pcamflow.data.store.load_stats`).
     Random draws come from the CPU `generator` the caller passes (part of the checkpointed state),
     so augmentation is reproducible whatever the device. On a CPU the D4 view, the conversion and
-    the normalisation run as one compiled pass (`pcamflow.cpu_kernel`); `compiled=False` keeps to
+    the normalisation run as one compiled pass (`pcamflow.data.cpu_kernel`); `compiled=False` keeps to
     torch ops (what `torch.export` can trace). Both give bit-identical values.
     """
 

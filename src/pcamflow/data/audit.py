@@ -18,13 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import constants
-from .config import validate_section
-from .constants import FAULTS
-from .download import checksum_provenance
-from .errors import PcamflowError
-from .io import atomic_path, md5sum, read_json, write_json
-from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
+from pcamflow import constants
+from pcamflow.config import validate_section
+from pcamflow.constants import FAULTS
+from pcamflow.data.download import checksum_provenance
+from pcamflow.data.rawdata import (
+    TILE_VALUES,
+    RawSplit,
+    channel_histograms,
+    clean_tiles,
+    meta_path,
+    open_split,
+)
+from pcamflow.errors import PcamflowError
+from pcamflow.io import atomic_path, md5sum, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +175,7 @@ def plot_audit(report: dict, path: str | os.PathLike) -> None:
     """One figure per split: cleaned intensity histogram per channel, class balance, fault counts."""
     from matplotlib.ticker import MaxNLocator
 
-    from .plots import plt, save_figure  # plots selects the Agg backend
+    from pcamflow.plots import plt, save_figure  # plots selects the Agg backend
 
     fig, (ax_hist, ax_class, ax_fault) = plt.subplots(
         1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [2.2, 1, 1.4]}

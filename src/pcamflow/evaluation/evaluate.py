@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .errors import PcamflowError
-from .io import json_scalar
+from pcamflow import metrics
+from pcamflow.errors import PcamflowError
+from pcamflow.io import json_scalar
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def predict_champion(
     With tta the D4-averaged probabilities are stored as well ('<split>_prob_tta'), so the report
     can show what test-time augmentation changes.
     """
-    from .checkpoint import load_model
-    from .pipeline import predict_proba
+    from pcamflow.data.pipeline import predict_proba
+    from pcamflow.training.checkpoint import load_model
 
     out: dict[str, list[np.ndarray]] = {}
     for path in checkpoints:
@@ -74,7 +74,7 @@ def predict_champion(
 
 
 def save_predictions(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    from .io import atomic_path
+    from pcamflow.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -395,9 +395,9 @@ def write_champion_predictions(
     champion_json, store_dir, out, *, tta: bool, batch_size: int, device: str
 ) -> None:
     """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
-    from .io import read_json
-    from .store import load_split, load_stats
-    from .train import resolve_device
+    from pcamflow.data.store import load_split, load_stats
+    from pcamflow.io import read_json
+    from pcamflow.training.train import resolve_device
 
     champion = read_json(champion_json)
     valid, test = load_split(store_dir, "valid"), load_split(store_dir, "test")
@@ -425,8 +425,8 @@ def write_evaluation(predictions, champion_json, train_labels, settings, out) ->
     `train_labels` is the prepared store's train_y.npy (for the majority-class baseline); `out`
     maps json, csv, html, confusion, curves to paths.
     """
-    from .io import read_json, write_csv, write_json
-    from .plots import html_table, plot_confusions, plot_roc_pr
+    from pcamflow.io import read_json, write_csv, write_json
+    from pcamflow.plots import html_table, plot_confusions, plot_roc_pr
 
     preds = load_predictions(predictions)
     champion = read_json(champion_json)

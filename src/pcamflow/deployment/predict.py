@@ -1,11 +1,11 @@
-"""`pcamflow predict`: probabilities and labels for tiles from a model bundle (see `pcamflow.export`).
+"""`pcamflow predict`: probabilities and labels for tiles from a model bundle (see `pcamflow.deployment.export`).
 
 Inputs are PCAM H5 files (`x`, with the labels of a `_y.h5` beside it when present), folders of
 PNG/TIFF tiles, or single image files. Each tile becomes one CSV row: its source (file and index),
 P(positive), the label at the bundle's threshold, and the true label when the input holds one.
 An input that cannot be read, or a tile that is not 96 x 96 RGB (without --resize), becomes a row
 with an `error` and no probability; the rest are still predicted. While predicting, the input's
-intensity histogram is compared with the training data's (`pcamflow.drift`).
+intensity histogram is compared with the training data's (`pcamflow.deployment.drift`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import constants, rawdata
-from .drift import DriftReport, HistogramAccumulator, compare
-from .errors import PcamflowError, check_output_file, first_line
-from .export import MAX_BATCH, Bundle, load_bundle
-from .io import write_csv
-from .pipeline import D4_SIZE, apply_d4
-from .rawdata import H5_SUFFIXES, clean_tiles
+from pcamflow import constants
+from pcamflow.data import rawdata
+from pcamflow.data.pipeline import D4_SIZE, apply_d4
+from pcamflow.data.rawdata import H5_SUFFIXES, clean_tiles
+from pcamflow.deployment.drift import DriftReport, HistogramAccumulator, compare
+from pcamflow.deployment.export import MAX_BATCH, Bundle, load_bundle
+from pcamflow.errors import PcamflowError, check_output_file, first_line
+from pcamflow.io import write_csv
 
 log = logging.getLogger(__name__)
 

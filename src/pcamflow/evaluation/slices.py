@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import metrics
-from .config import slice_thresholds_problem
-from .constants import FAULTS
-from .errors import PcamflowError
+from pcamflow import metrics
+from pcamflow.config import slice_thresholds_problem
+from pcamflow.constants import FAULTS
+from pcamflow.errors import PcamflowError
 
 SLICE_METRICS = ("accuracy", "recall", "precision", "f2", "roc_auc")
 CENTRE_COLUMN = "centre"
@@ -149,10 +149,10 @@ def write_slices(
 
     `out` maps csv, html, false_negatives, false_positives to paths; meta_csv may be None.
     """
-    from .evaluate import load_predictions
-    from .io import read_json, write_csv
-    from .plots import html_table, plot_gallery
-    from .store import load_split
+    from pcamflow.data.store import load_split
+    from pcamflow.evaluation.evaluate import load_predictions
+    from pcamflow.io import read_json, write_csv
+    from pcamflow.plots import html_table, plot_gallery
 
     preds, summary = load_predictions(predictions), read_json(evaluate_json)
     deploy = summary["deploy"]

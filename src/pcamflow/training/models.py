@@ -7,9 +7,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import validate_training
-from .constants import TILE_SHAPE
-from .errors import PcamflowError
+from pcamflow.config import validate_training
+from pcamflow.constants import TILE_SHAPE
+from pcamflow.errors import PcamflowError
 
 NUM_CLASSES = 2
 # the `training:` settings that shape a model

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .aggregate import load_history
-from .errors import PcamflowError
-from .train import LAST, TIMING_FIELDS
+from pcamflow.errors import PcamflowError
+from pcamflow.evaluation.aggregate import load_history
+from pcamflow.training.train import LAST, TIMING_FIELDS
 
 COMPARED_CHECKPOINT = LAST
 
@@ -62,7 +62,7 @@ def weight_differences(state_a: dict, state_b: dict) -> dict:
 
 def compare_runs(original: str | os.PathLike, twin: str | os.PathLike) -> dict:
     """reproducibility.json content for two run directories trained from the same config and seed."""
-    from .checkpoint import load_checkpoint
+    from pcamflow.training.checkpoint import load_checkpoint
 
     hist_a, hist_b = load_history(original), load_history(twin)
     history = history_differences(hist_a, hist_b)
@@ -132,9 +132,9 @@ def write_reproducibility(champion_json, out_json, out_html, twin_dir, state_dir
     """Train a run again from its own run.json config and seed, compare the twins, and write
     reproducibility.json and its HTML table. The run is run_dir, or (when empty) the deployed
     champion run named in champion_json."""
-    from .io import read_json, write_json
-    from .plots import html_table
-    from .train import run_training
+    from pcamflow.io import read_json, write_json
+    from pcamflow.plots import html_table
+    from pcamflow.training.train import run_training
 
     original = Path(run_dir or read_json(champion_json)["deploy"]["run_dir"])
     info_path = original / "run.json"
