@@ -62,7 +62,7 @@ RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
 STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
 RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
 SUMMARY = RESULTS / "summary"
-# sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluate.smk)
+# sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
 METRICS_AVG = SUMMARY / "metrics_avg.csv"
 METRICS_AVG_HTML = SUMMARY / "metrics_avg.html"
@@ -86,7 +86,7 @@ REPRO_JSON = SUMMARY / "reproducibility.json"
 REPRO_HTML = SUMMARY / "reproducibility.html"
 REPRO_RUN = RESULTS / "reproducibility" / "twin"
 REPRO_STATE = RESULTS / "state" / "reproducibility"
-# the champion's model bundle and the offline handover tarball (rules/export.smk)
+# the champion's model bundle and the offline handover tarball (rules/deployment.smk)
 BUNDLE_DIR = RESULTS / "bundle" / "model"
 BUNDLE_TAR = RESULTS / "bundle.tar.gz"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`

@@ -28,5 +28,5 @@ def test_conda_environment_pins_equal_pyproject():
 
 def test_console_script_lists_subcommands():
     out = pcamflow("--help").stdout
-    for command in ("synth", "audit", "prepare", "train", "bench", "download", "cost", "predict"):
+    for command in ("synth", "audit", "prepare", "train", "throughput", "download", "cost", "predict"):
         assert command in out

@@ -154,10 +154,10 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
     jobs = slurm_env.sacct(job_ids)
     assert len(jobs) == len(job_ids)
     ran = {rule_of(job["Comment"], profile["groups"]) for job in jobs}
-    assert ran == {"synthesize", "audit", "audit_cross", "prepare", "train", "benchmark", "plot_grid_point"}
+    assert ran == {"synthesize", "audit", "audit_cross", "prepare", "train", "throughput", "plot_grid_point"}
     for job in jobs:
         rule = rule_of(job["Comment"], profile["groups"])
-        if rule == "benchmark":  # the throughput job goes to the partition it measures (config)
+        if rule == "throughput":  # the throughput job goes to the partition it measures (config)
             partition = job["Comment"].rsplit("_wildcards_", 1)[1]
             gpus = config["partitions"][partition]["gpus"]
         else:

@@ -16,7 +16,7 @@ COMMANDS = {
     "audit": ("pcamflow.data.audit", "cli_main"),
     "prepare": ("pcamflow.data.prepare", "cli_main"),
     "train": ("pcamflow.training.train", "cli_main"),
-    "bench": ("pcamflow.throughput.measure", "cli_main"),
+    "throughput": ("pcamflow.throughput.measure", "cli_main"),
     "download": ("pcamflow.data.download", "cli_main"),
     "cost": ("pcamflow.throughput.cost", "cli_main"),
     "predict": ("pcamflow.deployment.predict", "cli_main"),
@@ -85,7 +85,7 @@ def _train(sub):
 
 
 def _bench(sub):
-    p = sub.add_parser("bench", help="measure img/s of one configuration and append a CSV row")
+    p = sub.add_parser("throughput", help="measure img/s of one configuration and append a CSV row")
     p.add_argument("--mode", required=True, choices=["data", "naive", "forward", "train"])
     p.add_argument(
         "--data", required=True, help="prepared store (naive: a raw _x.h5 with its _y.h5 beside it)"
@@ -155,7 +155,7 @@ _PARSERS = {
     "audit": _audit,
     "prepare": _prepare,
     "train": _train,
-    "bench": _bench,
+    "throughput": _bench,
     "download": _download,
     "cost": _cost,
     "predict": _predict,

@@ -3,7 +3,7 @@
 Per sample it opens the raw H5 files, reads one tile and one label, cleans the tile
 (NaN/inf -> 0, clip, uint8), goes through PIL (`ToPILImage`, `ToTensor`, `Normalize`), and a
 `WeightedRandomSampler` balances the classes; a `DataLoader` with worker processes batches it.
-`pcamflow bench --mode naive` times it against the new pipeline (`pcamflow.data.pipeline`).
+`pcamflow throughput --mode naive` times it against the new pipeline (`pcamflow.data.pipeline`).
 """
 
 from __future__ import annotations

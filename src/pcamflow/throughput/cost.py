@@ -4,7 +4,7 @@ A time model, not a measurement. A training step takes a fixed overhead plus, pe
 compute time of the model (its multiply-accumulates, counted on the model pcamflow builds, at
 an achieved A100 rate from NVIDIA's published ResNet-50 figures) and the time to gather and
 copy its tile. Every number below is an assumption with its source; once the throughput study
-(rule benchmark) has measured img/s on gpu_a100, compare and revise them.
+(rule throughput) has measured img/s on gpu_a100, compare and revise them.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def estimate(cfg: dict, train_tiles: int = constants.FULL_SIZES["train"]) -> lis
         )
     lines.append(Line("champion predictions (valid + test)", 1, prediction_hours(points, cfg), "gpu_a100"))
     for name, part in cfg["partitions"].items():
-        hours = benchmark_hours(cfg["benchmark"], training, part, train_tiles)
+        hours = benchmark_hours(cfg["throughput"], training, part, train_tiles)
         lines.append(Line(f"throughput matrix on {name}", 1, hours, _billing(part), part["cpus"]))
     tiles = train_tiles + constants.FULL_SIZES["valid"] + constants.FULL_SIZES["test"]
     lines.append(Line("audit + prepare", 2, tiles / AUDIT_TILES_PER_S / 3600, "rome", ROME_MIN_CORES))

@@ -1,4 +1,4 @@
-"""`pcamflow bench`: images per second of one configuration, appended to a CSV as one row.
+"""`pcamflow throughput`: images per second of one configuration, appended to a CSV as one row.
 
 Modes: `data` (the input pipeline alone: batches from the prepared store, normalised and
 augmented on the device), `naive` (the course template's loader, `pcamflow.throughput.baselines`, read
@@ -7,7 +7,7 @@ training step fed by the pipeline; the row also says how long the step waited fo
 
 Warm-up steps are not timed, CUDA is synchronised before every clock read, and an out-of-memory
 error becomes a row with status `oom`. `write_partition_csv` runs a partition's whole matrix for
-the rule `benchmark` through the same `bench_row` as the command.
+the rule `throughput` through the same `bench_row` as the command.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
 def append_row(path: str | os.PathLike, row: dict) -> None:
     """Append one row (header first when the file is new), under an exclusive lock.
 
-    The row goes out in a single write, so concurrent `pcamflow bench` calls on one CSV do not
+    The row goes out in a single write, so concurrent `pcamflow throughput` calls on one CSV do not
     interleave; a CSV whose header differs from ours is refused rather than mixed.
     """
     path = Path(path)
@@ -233,7 +233,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
         header = fh.readline().rstrip("\r\n")
         text = _csv_line(row.keys()) if not header else ""
         if header and header != _csv_line(row.keys()).rstrip("\r\n"):
-            raise PcamflowError(f"{path}: existing CSV has other columns than `pcamflow bench` writes")
+            raise PcamflowError(f"{path}: existing CSV has other columns than `pcamflow throughput` writes")
         fh.write(text + _csv_line(row.values()))
         fh.flush()
 
@@ -423,13 +423,13 @@ class _AlreadyTransformed:
         return x
 
 
-# ---- a partition's matrix (the rule `benchmark`) ----
+# ---- a partition's matrix (the rule `throughput`) ----
 
 
 def partition_specs(
     name: str, partition: dict, settings: dict, *, store: str, raw_x: str, training: dict, threads: int
 ) -> list[BenchSpec]:
-    """Every configuration of the `benchmark:` settings on one partition.
+    """Every configuration of the `throughput:` settings on one partition.
 
     forward/train: models x precisions x batch sizes; data/naive do not involve a model or a
     precision, so they run once per batch size.
@@ -475,7 +475,7 @@ def bench_partition(specs: list[BenchSpec]) -> list[dict]:
 def write_partition_csv(
     name: str, partition: dict, settings: dict, out: str | os.PathLike, **paths_and_settings
 ) -> pd.DataFrame:
-    """The rule `benchmark`: one partition's whole matrix -> its CSV (written atomically)."""
+    """The rule `throughput`: one partition's whole matrix -> its CSV (written atomically)."""
     if partition["device"] == "cuda" and not torch.cuda.is_available():
         log.warning(
             "partition %s needs CUDA, which this machine lacks: not measured; its rows say 'skipped'", name

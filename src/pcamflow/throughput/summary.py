@@ -1,4 +1,4 @@
-"""The throughput study's summary: every partition's `pcamflow bench` rows merged, a bottleneck
+"""The throughput study's summary: every partition's `pcamflow throughput` rows merged, a bottleneck
 verdict for each training row, and a scaling plot (img/s against batch size, log axes).
 
 Bottleneck of a train row: our input pipeline is synchronous (the step waits while the next batch
@@ -12,7 +12,7 @@ so data-only < 2 x train  <=>  d > c  <=>  input share > 0.5):
 
 `speedup_vs_naive` (data rows): the pipeline's img/s over the course template's loader (`naive`)
 at the same (partition, device, batch size); the pipeline runs in the process's threads, the naive
-loader in `benchmark.workers` worker processes.
+loader in `throughput.workers` worker processes.
 """
 
 from __future__ import annotations

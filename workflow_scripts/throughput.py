@@ -1,4 +1,4 @@
-"""Rule benchmark: one partition's throughput matrix -> results/throughput/{partition}.csv."""
+"""Rule throughput: one partition's throughput matrix -> results/throughput/{partition}.csv."""
 
 from pcamflow.data.staging import stage_prepared
 from pcamflow.smk import run_script

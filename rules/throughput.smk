@@ -1,21 +1,21 @@
-# Throughput stage: `pcamflow bench` over partitions x models x batch sizes x precisions x modes.
+# Throughput stage: `pcamflow throughput` over partitions x models x batch sizes x precisions x modes.
 # One job per partition loops its whole matrix (a sane number of Slurm jobs) and gets that
 # partition's Slurm resources and CPUs; locally those CPUs (capped by --cores) usually are all
 # cores, so no other job runs beside a measurement. Library: pcamflow.throughput.measure, pcamflow.throughput.summary.
 from pcamflow.data.store import store_files
 
 
-rule benchmark:
+rule throughput:
     input:
         store=store_files(PREPARED, ["train"]),
         # the naive loader (the course template's) reads the raw train file
-        raw=raw_files("train") if "naive" in config["benchmark"]["modes"] else [],
+        raw=raw_files("train") if "naive" in config["throughput"]["modes"] else [],
     output:
         THROUGHPUT_CSV,
     log:
-        LOGS / "benchmark" / "{partition}.log",
+        LOGS / "throughput" / "{partition}.log",
     benchmark:
-        BENCHMARKS / "benchmark" / "{partition}.tsv"
+        BENCHMARKS / "throughput" / "{partition}.tsv"
     conda:
         CONDA_ENV
     threads: lambda wildcards: config["partitions"][wildcards.partition]["cpus"]
@@ -28,11 +28,11 @@ rule benchmark:
         mem_mb=lambda wildcards, input: 3000 + int(1.2 * input_mb(input.store)),
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
-        settings=config["benchmark"],
+        settings=config["throughput"],
         training=config["training"],
         store=PREPARED,
     script:
-        "../workflow_scripts/benchmark.py"
+        "../workflow_scripts/throughput.py"
 
 
 rule throughput_summary:

@@ -66,8 +66,8 @@ def test_each_mode_appends_one_measured_row(mode, model, precision, store, raw_x
         "model": "cnn" if model == "-" else model,
         "precision": "fp32" if precision == "-" else precision,
     }
-    assert cli(["bench", *bench_args(mode, data, out, workers=1, **options)]) == 0
-    assert cli(["bench", *bench_args(mode, data, out, workers=1, **options)]) == 0
+    assert cli(["throughput", *bench_args(mode, data, out, workers=1, **options)]) == 0
+    assert cli(["throughput", *bench_args(mode, data, out, workers=1, **options)]) == 0
 
     rows = read_rows(out)
     assert list(rows.columns) == list(bench.COLUMNS)  # one header, then one row per call
@@ -86,8 +86,8 @@ def test_each_mode_appends_one_measured_row(mode, model, precision, store, raw_x
 
 def test_train_row_splits_input_time_from_compute(store, tmp_path):
     out = tmp_path / "bench.csv"
-    cli(["bench", *bench_args("train", store, out, model="cnn")])
-    cli(["bench", *bench_args("forward", store, out, model="cnn")])
+    cli(["throughput", *bench_args("train", store, out, model="cnn")])
+    cli(["throughput", *bench_args("forward", store, out, model="cnn")])
     train, forward = read_rows(out).to_dict("records")
     assert 0 < train["data_time_s"] < train["seconds"]  # the step waits for input, then computes
     assert forward["data_time_s"] < 0.05 * forward["seconds"]  # forward reuses one prepared batch
@@ -114,14 +114,14 @@ def test_train_mode_builds_one_loader_and_one_transform(store, monkeypatch):
 def test_invalid_combination_is_one_line_and_writes_nothing(options, message, store, tmp_path, capsys):
     out = tmp_path / "bench.csv"
     mode = options.pop("mode")
-    assert cli(["bench", *bench_args(mode, store, out, **options)]) == 2
+    assert cli(["throughput", *bench_args(mode, store, out, **options)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("pcamflow: error:") and message in err and "\n" not in err
     assert not out.exists()
 
 
 def test_missing_store_is_a_user_error(tmp_path, capsys):
-    assert cli(["bench", *bench_args("data", tmp_path / "nowhere", tmp_path / "b.csv")]) == 2
+    assert cli(["throughput", *bench_args("data", tmp_path / "nowhere", tmp_path / "b.csv")]) == 2
     assert "prepared data missing" in capsys.readouterr().err
 
 
@@ -147,7 +147,7 @@ class _Exploding(torch.nn.Module):
 def test_out_of_memory_becomes_an_oom_row(mode, error, store, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "build_model", lambda name, settings: _Exploding(error))
     out = tmp_path / "bench.csv"
-    assert cli(["bench", *bench_args(mode, store, out)]) == 0
+    assert cli(["throughput", *bench_args(mode, store, out)]) == 0
     (row,) = read_rows(out).to_dict("records")
     assert row["status"] == "oom" and "allocate" in row["message"]
     assert row["img_per_s"] == "" and row["seconds"] == ""  # no numbers for what was not measured
@@ -156,7 +156,7 @@ def test_out_of_memory_becomes_an_oom_row(mode, error, store, tmp_path, monkeypa
 def test_an_unexpected_failure_is_an_error_row_and_a_failing_exit(store, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "build_model", lambda name, settings: _Exploding(ValueError("bad shape")))
     out = tmp_path / "bench.csv"
-    assert cli(["bench", *bench_args("forward", store, out)]) == 1
+    assert cli(["throughput", *bench_args("forward", store, out)]) == 1
     (row,) = read_rows(out).to_dict("records")
     assert row["status"] == "error" and row["message"] == "ValueError: bad shape"
 
@@ -164,7 +164,7 @@ def test_an_unexpected_failure_is_an_error_row_and_a_failing_exit(store, tmp_pat
 def test_a_csv_with_other_columns_is_refused(store, tmp_path, capsys):
     out = tmp_path / "bench.csv"
     out.write_text("a,b\n1,2\n")
-    assert cli(["bench", *bench_args("data", store, out)]) == 2
+    assert cli(["throughput", *bench_args("data", store, out)]) == 2
     assert "other columns" in capsys.readouterr().err
     assert out.read_text() == "a,b\n1,2\n"
 
@@ -280,7 +280,7 @@ def test_an_unwritable_out_fails_before_measuring(problem, store, tmp_path, caps
     if problem == "no permission":  # chmod does not stop root, so the check's answer is faked
         monkeypatch.setattr(errors.os, "access", lambda path, mode: False)
     monkeypatch.setattr(bench, "bench_row", _must_not_run)
-    assert cli(["bench", *bench_args("data", store, out)]) == 2
+    assert cli(["throughput", *bench_args("data", store, out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"pcamflow: error: --out {out}:") and "\n" not in err
     assert not (tmp_path / "sub").exists()
