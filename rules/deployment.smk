@@ -10,8 +10,8 @@ rule export:
         evaluation=EVALUATE_JSON,
         slices=SLICES_CSV,
         # the deployed checkpoint is one of these (named in champion.json)
-        checkpoints=all_run_files("checkpoint_best.pt"),
-        run_records=all_run_files("run.json"),
+        checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
+        run_records=all_run_files(rundir.RUN_INFO),
         store=store_files(PREPARED, ["train"]),
     output:
         files=[BUNDLE_DIR / name for name in BUNDLE_FILES if name != CARD_FILE],

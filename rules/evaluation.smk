@@ -5,7 +5,7 @@ from pcamflow.data.store import array_path, store_files
 
 REPRO_ORIGINAL = config["reproducibility"]["run"].rstrip("/")
 if REPRO_ORIGINAL and str(Path(REPRO_ORIGINAL).parent) not in {
-    str(RESULTS / "runs" / point) for point in PARAMSPACE.instance_patterns
+    str(RESULTS / "runs" / rundir.point_id(point, GRID_KEYS)) for point in POINTS
 }:
     raise WorkflowError(
         f"config key 'reproducibility.run': {REPRO_ORIGINAL} is not a run of a grid point of this config"
@@ -18,7 +18,7 @@ rule predict_champion:
     input:
         champion=CHAMPION_JSON,
         # the champion is one of the grid points: every best checkpoint is a dependency
-        checkpoints=all_run_files("checkpoint_best.pt"),
+        checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
         store=store_files(PREPARED, ["valid", "test"]),
     output:
         PREDICTIONS,
@@ -103,7 +103,7 @@ rule reproducibility:
     input:
         # the run to repeat: reproducibility.run (its twin can train beside the sweep), else the
         # deployed champion run named in champion.json (known once the sweep is done)
-        run=[f"{REPRO_ORIGINAL}/{name}" for name in RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
+        run=[f"{REPRO_ORIGINAL}/{name}" for name in rundir.RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
         store=store_files(PREPARED, ["train", "valid"]),
     output:
         json=report(

@@ -1,5 +1,5 @@
 # Stage rules: train (see rules/common.smk for path patterns). One job per (grid point, seed);
-# its outputs are RUN_FILES in RUN_DIR plus the TensorBoard events.
+# its outputs are the run-directory files of pcamflow.rundir in RUN_DIR.
 from pcamflow.data.store import store_files
 
 RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
@@ -10,22 +10,22 @@ rule train:
         # the splits training reads (as validate_run_config checks); the test split is not one
         store_files(PREPARED, ["train", "valid"]),
     output:
-        history=f"{RUN_DIR}/history.json",
+        history=run_path(rundir.HISTORY),
         metrics=report(
-            f"{RUN_DIR}/metrics.csv",
+            run_path(rundir.METRICS),
             caption="../report/training_metrics.rst",
             category="training",
             subcategory="{model}",
             labels={**RUN_LABELS, "seed": "{seed}"},
         ),
-        run=f"{RUN_DIR}/run.json",
-        best=f"{RUN_DIR}/checkpoint_best.pt",
-        last=f"{RUN_DIR}/checkpoint_last.pt",
-        tensorboard=directory(f"{RUN_DIR}/tensorboard"),
+        run=run_path(rundir.RUN_INFO),
+        best=run_path(rundir.BEST_CHECKPOINT),
+        last=run_path(rundir.LAST_CHECKPOINT),
+        tensorboard=directory(run_path(rundir.TENSORBOARD)),
     log:
-        str(LOGS / "train" / GRID_POINT / "seed~{seed}.log"),
+        str(LOGS / "train" / GRID_POINT / (rundir.seed_dir("{seed}") + ".log")),
     benchmark:
-        str(BENCHMARKS / "train" / GRID_POINT / "seed~{seed}.tsv")
+        str(BENCHMARKS / "train" / GRID_POINT / (rundir.seed_dir("{seed}") + ".tsv"))
     conda:
         CONDA_ENV
     threads: config["training"]["threads"]
@@ -44,4 +44,4 @@ rule train:
         "../workflow_scripts/train.py"
 
 
-TARGETS.extend(all_run_files("history.json"))
+TARGETS.extend(all_run_files(rundir.HISTORY))

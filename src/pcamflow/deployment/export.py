@@ -29,6 +29,7 @@ import numpy as np
 from pcamflow import constants
 from pcamflow.errors import PcamflowError
 from pcamflow.io import atomic_path, read_json, sha256sum, write_json, write_text
+from pcamflow.rundir import RUN_INFO
 
 if TYPE_CHECKING:  # torch is imported where it is used: the Snakefile imports this module
     import torch
@@ -257,10 +258,10 @@ def export_champion(
             f"names {champion['id']} seed {champion['deploy']['seed']} (rerun the evaluation)"
         )
     run_dir = Path(champion["deploy"]["run_dir"])
-    run_info = read_json(run_dir / "run.json")
+    run_info = read_json(run_dir / RUN_INFO)
     if run_info.get("data_checksum") != store_checksum(store_dir):
         raise PcamflowError(
-            f"{run_dir / 'run.json'}: trained on prepared data {run_info.get('data_checksum')}, but "
+            f"{run_dir / RUN_INFO}: trained on prepared data {run_info.get('data_checksum')}, but "
             f"{store_dir} is {store_checksum(store_dir)}: its statistics would not match the model"
         )
     model, run_config = load_model(deploy["checkpoint"])
@@ -640,7 +641,7 @@ def write_handover(
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for name in BUNDLE_FILES:
             add(tar, f"model/{name}", (Path(bundle_dir) / name).read_bytes())
-        add(tar, "run.json", Path(run_json).read_bytes())
+        add(tar, RUN_INFO, Path(run_json).read_bytes())
         for name, text in generated.items():
             add(tar, name, text.encode())
     return members

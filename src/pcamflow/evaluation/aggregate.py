@@ -17,13 +17,17 @@ import pandas as pd
 
 from pcamflow.errors import PcamflowError
 from pcamflow.io import atomic_dir, json_scalar, read_json
-from pcamflow.metrics import LOWER_IS_BETTER, is_better
+from pcamflow.metrics import is_better
+from pcamflow.rundir import (
+    BEST_CHECKPOINT,
+    HISTORY,
+    LOWER_IS_BETTER,
+    RUN_INFO,
+    VAL_METRICS,
+    point_id,
+    seed_dir,
+)
 
-HISTORY_FILE = "history.json"
-RUN_INFO_FILE = "run.json"
-BEST_CHECKPOINT = "checkpoint_best.pt"
-# Validation metrics aggregated over seeds; val_loss is the only one where lower is better.
-VAL_METRICS = ("val_auc", "val_pr_auc", "val_f2", "val_accuracy", "val_loss")
 HISTORY_KEYS = ("selection_metric", "best_epoch", "epochs")
 CHAMPION_RULE = (
     "best mean over seeds of {metric} at each run's best epoch ({direction} is better); ties go to the lower "
@@ -38,7 +42,7 @@ def better(metric: str) -> str:
 
 def load_history(run_dir: str | os.PathLike) -> dict:
     """A run's history.json, checked for the keys aggregation reads; problems are one clear line."""
-    path = Path(run_dir) / HISTORY_FILE
+    path = Path(run_dir) / HISTORY
     if not path.exists():
         raise PcamflowError(f"{path}: run history missing (train this run first, or remove the run dir)")
     try:
@@ -65,7 +69,7 @@ def run_row(point: dict, seed: int, run_dir: str | os.PathLike) -> dict:
     """One runs.csv row: grid values, seed, best epoch, metrics at the best and final epoch, timing."""
     history = load_history(run_dir)
     best, final = best_epoch_row(history), history["epochs"][-1]
-    info_path = Path(run_dir) / RUN_INFO_FILE
+    info_path = Path(run_dir) / RUN_INFO
     info = read_json(info_path) if info_path.exists() else {}
     speeds = [e["img_per_s"] for e in history["epochs"] if e.get("img_per_s") is not None]
     row = dict(point, seed=seed)
@@ -128,11 +132,6 @@ def mean_std_view(avg: pd.DataFrame, grid_keys: Sequence[str]) -> pd.DataFrame:
     view["best epoch (mean)"] = avg["best_epoch_mean"].round(1)
     view["train time s (mean)"] = avg["train_time_s_mean"].round(1)
     return view
-
-
-def point_id(point: dict, grid_keys: Sequence[str]) -> str:
-    """The grid point as the run directories spell it: model~cnn/lr~0.001/..."""
-    return "/".join(f"{k}~{point[k]}" for k in grid_keys)
 
 
 def rank_grid_points(avg: pd.DataFrame, metric: str, n_params: Sequence[int]) -> pd.DataFrame:
@@ -277,7 +276,7 @@ def write_sweep_tensorboard(runs, run_dirs, grid_keys, out_dir) -> None:
             params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}
             best = best_epoch_row(history)
             scores = {f"best/{m}": float(best[m]) for m in VAL_METRICS if best.get(m) is not None}
-            log_dir = tmp / point_id(run, grid_keys) / f"seed~{run['seed']}"
+            log_dir = tmp / point_id(run, grid_keys) / seed_dir(run["seed"])
             with SummaryWriter(log_dir=str(log_dir)) as writer:
                 for summary in hparams(params, scores):
                     writer.file_writer.add_summary(summary)

@@ -17,9 +17,9 @@ import pandas as pd
 
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation.aggregate import load_history
-from pcamflow.training.train import LAST, TIMING_FIELDS
+from pcamflow.rundir import HISTORY, LAST_CHECKPOINT, RUN_INFO, TIMING_FIELDS
 
-COMPARED_CHECKPOINT = LAST
+COMPARED_CHECKPOINT = LAST_CHECKPOINT
 
 
 def history_differences(a: dict, b: dict) -> dict[str, float | None]:
@@ -80,7 +80,7 @@ def compare_runs(original: str | os.PathLike, twin: str | os.PathLike) -> dict:
         "identical": bool(identical),
         "original": str(original),
         "twin": str(twin),
-        "compared": f"history.json (timing fields {', '.join(sorted(TIMING_FIELDS))} left out) "
+        "compared": f"{HISTORY} (timing fields {', '.join(sorted(TIMING_FIELDS))} left out) "
         f"and {COMPARED_CHECKPOINT}",
         "final_epoch": final,
         "largest_difference": {"history": history, "weights": weights},
@@ -137,7 +137,7 @@ def write_reproducibility(champion_json, out_json, out_html, twin_dir, state_dir
     from pcamflow.training.train import run_training
 
     original = Path(run_dir or read_json(champion_json)["deploy"]["run_dir"])
-    info_path = original / "run.json"
+    info_path = original / RUN_INFO
     if not info_path.exists():
         raise PcamflowError(f"{info_path}: run record missing (train this run first)")
     run_config = read_json(info_path)["run_config"]

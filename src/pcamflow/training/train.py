@@ -41,6 +41,17 @@ from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import load_split, load_stats, store_checksum, store_files
 from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
 from pcamflow.io import atomic_dir, atomic_path, write_csv, write_json
+from pcamflow.rundir import (
+    BEST_CHECKPOINT,
+    EPOCH_FIELDS,
+    HISTORY,
+    LAST_CHECKPOINT,
+    METRICS,
+    RUN_INFO,
+    SCORED,
+    TENSORBOARD,
+    VAL_LOSS,
+)
 from pcamflow.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -51,25 +62,9 @@ from pcamflow.training.models import build_model
 
 log = logging.getLogger("pcamflow.training.train")
 
-EPOCH_FIELDS = (
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "val_f2",
-    "val_auc",
-    "val_pr_auc",
-    "lr",
-    "epoch_time_s",
-    "img_per_s",
-)
-TIMING_FIELDS = ("epoch_time_s", "img_per_s")  # the only fields that differ between twin runs
-# val_* names of pcamflow.metrics.binary_metrics keys
-VAL_METRICS = {"accuracy": "val_accuracy", "f2": "val_f2", "roc_auc": "val_auc", "pr_auc": "val_pr_auc"}
 # Training settings that do not change what is learned: a checkpoint written under other values
 # of these (another device, thread count or logging cadence) still resumes.
 OPERATIONAL_KEYS = ("log_every", "checkpoint_minutes", "checkpoint_every_steps", "device", "threads")
-LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
 
 # ---------------------------------------------------------------- run config
@@ -339,7 +334,7 @@ def full_state(run: Run, progress: Progress) -> dict:
 
 
 def save_resume_state(run: Run, progress: Progress, why: str) -> None:
-    path = run.state_dir / LAST
+    path = run.state_dir / LAST_CHECKPOINT
     save_checkpoint(path, full_state(run, progress))
     log.info("checkpoint (%s): %d epochs done, step %d -> %s", why, progress.epoch, progress.step, path)
 
@@ -373,7 +368,7 @@ def resumable(state: dict, run: Run) -> str | None:
 
 def load_resume_state(run: Run) -> Progress:
     """Continue from state_dir's checkpoint when there is a compatible one; else a fresh Progress."""
-    path = run.state_dir / LAST
+    path = run.state_dir / LAST_CHECKPOINT
     if not path.exists():
         return Progress(start_time=provenance.now_iso())
     state = load_checkpoint(path, map_location="cpu")
@@ -390,7 +385,7 @@ def load_resume_state(run: Run) -> Progress:
 
 
 def clear_state(state_dir: Path) -> None:
-    for name in (LAST, BEST):
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
         (state_dir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         state_dir.rmdir()
@@ -625,8 +620,8 @@ def evaluate(
     prob = torch.cat(probs).double().numpy()
     scores = metrics.binary_metrics(split.y, prob)
     return {
-        "val_loss": (loss_sum / max(len(y), 1)).item(),
-        **{VAL_METRICS[k]: scores[k] for k in VAL_METRICS},
+        VAL_LOSS: (loss_sum / max(len(y), 1)).item(),
+        **{metric.name: scores[metric.score] for metric in SCORED},
     }
 
 
@@ -684,7 +679,7 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
                 scores[selection], progress.best_value, selection
             ):
                 progress.best_value, progress.best_epoch = scores[selection], progress.epoch
-                save_checkpoint(state_dir / BEST, best_state(run, progress, scores))
+                save_checkpoint(state_dir / BEST_CHECKPOINT, best_state(run, progress, scores))
             save_resume_state(run, progress, "epoch end")
             if stop:
                 raise stop.stopping(f"after epoch {progress.epoch}")
@@ -745,14 +740,14 @@ def write_outputs(run: Run, progress: Progress, out_dir: Path) -> None:
     """history.json, metrics.csv, the two checkpoints, run.json and tensorboard/ in out_dir."""
     selection = run.settings["selection_metric"]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (LAST, BEST):
+    for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
         with atomic_path(out_dir / name) as tmp:
             shutil.copyfile(run.state_dir / name, tmp)
-    write_json(out_dir / "history.json", history_record(progress, selection))
-    write_csv(out_dir / "metrics.csv", pd.DataFrame(progress.epochs, columns=list(EPOCH_FIELDS)))
-    write_tensorboard(out_dir / "tensorboard", run.cfg, progress, selection)
+    write_json(out_dir / HISTORY, history_record(progress, selection))
+    write_csv(out_dir / METRICS, pd.DataFrame(progress.epochs, columns=list(EPOCH_FIELDS)))
+    write_tensorboard(out_dir / TENSORBOARD, run.cfg, progress, selection)
     write_json(
-        out_dir / "run.json",
+        out_dir / RUN_INFO,
         {
             "run_config": run.cfg,
             "seed": run.cfg["seed"],
