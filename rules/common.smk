@@ -83,7 +83,7 @@ REPRO_RUN = RESULTS / "reproducibility" / "twin"
 REPRO_STATE = RESULTS / "state" / "reproducibility"
 # the champion's model bundle and the offline handover tarball (rules/deployment.smk)
 BUNDLE_DIR = RESULTS / "bundle" / "model"
-BUNDLE_TAR = RESULTS / "bundle.tar.gz"
+HANDOVER_TAR = RESULTS / "handover.tar.gz"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"

@@ -36,21 +36,21 @@ rule export:
         "../workflow_scripts/export.py"
 
 
-rule bundle:
+rule handover:
     input:
         bundle=[BUNDLE_DIR / name for name in BUNDLE_FILES],
         champion=CHAMPION_JSON,
     output:
-        BUNDLE_TAR,
+        HANDOVER_TAR,
     log:
-        LOGS / "bundle.log",
+        LOGS / "handover.log",
     conda:
         CONDA_ENV
     params:
         bundle_dir=BUNDLE_DIR,
         config=config,
     script:
-        "../workflow_scripts/bundle.py"
+        "../workflow_scripts/handover.py"
 
 
-TARGETS.extend([*(BUNDLE_DIR / name for name in BUNDLE_FILES), BUNDLE_TAR])
+TARGETS.extend([*(BUNDLE_DIR / name for name in BUNDLE_FILES), HANDOVER_TAR])

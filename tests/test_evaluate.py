@@ -76,7 +76,7 @@ def test_threshold_needs_positives_on_validation():
 
 def test_bootstrap_interval_is_the_percentile_of_resampled_metrics():
     y, prob = scores(150, 4)
-    model = ev.Model("m", "", prob, {ev.AT_HALF: 0.5})
+    model = ev.Predictions("m", "", prob, {ev.AT_HALF: 0.5})
     boot = ev.bootstrap_metrics(y, [model], n_boot=40, seed=7)
     table = ev.summarise(y, [model], boot, ci=0.9)
     rng = np.random.default_rng(7)  # the same resamples, recomputed with scikit-learn

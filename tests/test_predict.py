@@ -269,7 +269,7 @@ def test_cuda_without_a_gpu_is_one_clear_line(bundle_dir, tmp_path, predict):
     x, y = _tiles()
     run = predict(bundle_dir, tmp_path / "p.csv", _h5(tmp_path, x, y), extra=["--device", "cuda"])
     assert run.status == 2
-    assert "--device cuda: no CUDA device is available" in run.stderr
+    assert "--device: cuda requested but no CUDA device is available here" in run.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,6 +7,7 @@ import importlib
 import logging
 import sys
 
+from pcamflow.constants import COURSE_TRAIN_SIZE, FULL_SIZES, ZENODO_RECORD
 from pcamflow.errors import PcamflowError
 
 # subcommand -> (module, function): imported only when that subcommand runs, so `pcamflow synth`
@@ -94,9 +95,8 @@ def _bench(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20)
+    for option in ("--workers", "--warmup", "--steps"):
+        p.add_argument(option, type=int, help="default: the config schema's `throughput:` default")
     p.add_argument("--out", required=True, help="CSV to append a row to")
     p.add_argument("--partition", default="", help="label written in the row's partition column")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -107,7 +107,7 @@ def _download(sub):
     p.add_argument(
         "--data-dir", required=True, help="directory for the six .h5 files (present ones are kept)"
     )
-    p.add_argument("--base-url", help="where the .gz files live (default: Zenodo record 2546921)")
+    p.add_argument("--base-url", help=f"where the .gz files live (default: Zenodo record {ZENODO_RECORD})")
     p.add_argument("--retries", type=int, help="resumed attempts per file after an interruption")
     p.add_argument("--meta", action="store_true", help="also fetch the meta CSVs (best effort, no md5)")
 
@@ -118,7 +118,8 @@ def _cost(sub):
     p.add_argument(
         "--train-tiles",
         type=int,
-        help="training tiles per epoch (default: full PCAM's 262144; the course subset has 157286)",
+        help=f"training tiles per epoch (default: full PCAM's {FULL_SIZES['train']}; "
+        f"the course subset has {COURSE_TRAIN_SIZE})",
     )
 
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pcamflow import constants
 from pcamflow.errors import PcamflowError
-from pcamflow.io import atomic_path, md5sum, read_json, write_json
+from pcamflow.io import atomic_path, md5sum, now_iso, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def download_file(
         "gz_md5_published": gz_md5 == constants.GZ_MD5[file_key(split, kind)],
         "h5_md5": h5_md5,
         "h5_bytes": h5_path.stat().st_size,
-        "downloaded_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "downloaded_at": now_iso(),
     }
     write_json(record_path(h5_path), record)
     log.info("%s: verified (gz md5 %s), h5 md5 %s", h5_path.name, gz_md5, h5_md5)

@@ -2,7 +2,7 @@
 
 `BatchLoader` draws each epoch's indices with a seeded `torch.Generator` and gathers a batch with one
 fancy-indexing call on the (possibly memory-mapped) array: no per-sample Python, no PIL, no HDF5.
-`GpuTransform` turns uint8 NHWC tiles into normalised float NCHW on the device, with random D4
+`BatchTransform` turns uint8 NHWC tiles into normalised float NCHW on the device, with random D4
 (flips and 90-degree rotations) and optional colour jitter in training only. `predict_proba` is the
 one place predictions are made (evaluation, slices and export call it).
 """
@@ -157,7 +157,7 @@ def apply_d4(x: torch.Tensor, transform: torch.Tensor | int) -> torch.Tensor:
     return torch.gather(x.reshape(b, h * w, c), 1, index[:, :, None].expand(b, h * w, c)).view(b, h, w, c)
 
 
-class GpuTransform:
+class BatchTransform:
     """uint8 NHWC tiles on the device -> normalised float NCHW, augmented in training only.
 
     Normalisation uses the train-only statistics of the store (`pcamflow.data.store.load_stats`).
@@ -275,7 +275,7 @@ def _d4_normalise_compiled(
 def predict_logits(
     model: torch.nn.Module,
     x_uint8_array,
-    transform: GpuTransform,
+    transform: BatchTransform,
     *,
     batch_size: int = 256,
     amp: str = "none",
@@ -313,7 +313,7 @@ def predict_proba(
     `plain`: this model's tta=False result on the same tiles, when the caller already has it; it
     stands in for the identity view (view 0), so that view is not predicted a second time.
     """
-    transform = GpuTransform(stats, device=device, augment=False, channels_last=channels_last)
+    transform = BatchTransform(stats, device=device, augment=False, channels_last=channels_last)
     views = range(D4_SIZE) if tta else (0,)
     total = None
     for view in views:

@@ -3,7 +3,7 @@
 Layout (BUNDLE_FORMAT 1):
     model.pt2             a `torch.export` program: uint8 tiles (N, 96, 96, 3) as PCAM stores them
                           -> P(positive) (N,) float32; the training-side normalisation
-                          (`pipeline.GpuTransform`) is traced into the graph, so it cannot drift
+                          (`pipeline.BatchTransform`) is traced into the graph, so it cannot drift
     bundle.json           threshold, input/output contract, grid point, provenance
     drift_reference.json  the train split's intensity histogram and the drift thresholds (`pcamflow.deployment.drift`)
     MODEL_CARD.md         data, grid point, test metrics with CIs, intended use, weak slices, limits
@@ -54,14 +54,14 @@ def tile_classifier(model, stats: dict):
     """
     import torch
 
-    from pcamflow.data.pipeline import GpuTransform
+    from pcamflow.data.pipeline import BatchTransform
 
     class TileClassifier(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model.eval()
             # Evaluation's transform, in torch ops (traceable), so the graph holds the training normalisation.
-            self.transform = GpuTransform(stats, device="cpu", augment=False, compiled=False)
+            self.transform = BatchTransform(stats, device="cpu", augment=False, compiled=False)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.model(self.transform.to_input(x, train=False)), dim=1)[:, 1]
@@ -183,9 +183,11 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
     import torch
     from torch.export.passes import move_to_device_pass
 
+    from pcamflow.training.train import resolve_device
+
     bundle_dir = Path(bundle_dir)
     verify_bundle(bundle_dir)
-    target = resolve_device(device)
+    target = resolve_device(device, key="--device")
     program = torch.export.load(bundle_dir / MODEL_FILE)
     if target.type != "cpu":
         program = move_to_device_pass(program, target)
@@ -198,16 +200,6 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
         metadata=metadata,
         reference=read_json(bundle_dir / DRIFT_FILE),
     )
-
-
-def resolve_device(device: str) -> torch.device:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PcamflowError("--device cuda: no CUDA device is available here (use --device cpu)")
-    if device not in ("cpu", "cuda"):
-        raise PcamflowError(f"device {device!r}: choose cpu or cuda")
-    return torch.device(device)
 
 
 # ---- the drift reference from the prepared store ----
@@ -247,7 +239,7 @@ def export_champion(
     import pandas as pd
 
     from pcamflow.data.store import load_stats, store_checksum
-    from pcamflow.provenance import now_iso
+    from pcamflow.io import now_iso
     from pcamflow.training.checkpoint import load_model
 
     champion, evaluation = read_json(champion_json), read_json(evaluate_json)
@@ -514,7 +506,7 @@ def _number(value) -> str:
     return "" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-# ---- offline handover (rule bundle) ----
+# ---- offline handover (rule handover) ----
 
 HANDOVER_ROOT = "pcamflow-bundle"
 LOCK_FILE = "requirements.lock"
@@ -618,7 +610,7 @@ def write_handover(
     config: dict,
     run_json: str | os.PathLike,
 ) -> list[str]:
-    """results/bundle.tar.gz: bundle, resolved config, run.json, package lock, README; return its members."""
+    """results/handover.tar.gz: bundle, resolved config, run.json, package lock, README; return its members."""
     import tarfile
 
     import yaml

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from pcamflow import metrics
+from pcamflow.constants import REFERENCE
 from pcamflow.errors import PcamflowError
 from pcamflow.io import json_scalar
 
@@ -109,7 +110,7 @@ def threshold_for_recall(y, prob, target: float) -> float:
 
 
 @dataclass
-class Model:
+class Predictions:
     """One scored model on test: the probabilities and its thresholds by name."""
 
     predictor: str  # e.g. "champion", "majority class"
@@ -136,7 +137,7 @@ def _ranking_values(y, prob) -> list[float]:
 
 
 def bootstrap_metrics(
-    y: np.ndarray, models: Sequence[Model], n_boot: int, seed: int
+    y: np.ndarray, models: Sequence[Predictions], n_boot: int, seed: int
 ) -> list[dict[str, np.ndarray]]:
     """Per model: threshold name -> (n_boot, len(METRICS)) values on resamples shared by every model.
 
@@ -157,7 +158,7 @@ def bootstrap_metrics(
 
 
 def summarise(
-    y: np.ndarray, models: Sequence[Model], boot: Sequence[Mapping[str, np.ndarray]], ci: float
+    y: np.ndarray, models: Sequence[Predictions], boot: Sequence[Mapping[str, np.ndarray]], ci: float
 ) -> pd.DataFrame:
     """Long table, one row per (predictor, member, threshold name, metric): value, std, CI, reason.
 
@@ -183,7 +184,7 @@ def summarise(
     return pd.DataFrame(rows)
 
 
-def _evaluated(y, model: Model, t: str) -> tuple[dict, np.ndarray]:
+def _evaluated(y, model: Predictions, t: str) -> tuple[dict, np.ndarray]:
     """(point metrics, hard predictions) of one model at one of its thresholds on the full test split."""
     threshold = model.thresholds[t]
     return metrics.binary_metrics(y, model.prob, threshold), model.prob >= threshold
@@ -241,7 +242,7 @@ def build_models(
     train_labels: np.ndarray,
     target_recall: float,
     tta: bool,
-) -> tuple[list[Model], list[dict]]:
+) -> tuple[list[Predictions], list[dict]]:
     """The champion's seeds (thresholds chosen on validation), its no-TTA variant with tta, the baselines."""
     variants = [("champion", "_tta"), ("champion without TTA", "")] if tta else [("champion", "")]
     models, thresholds = [], []
@@ -250,7 +251,7 @@ def build_models(
             valid_prob, test_prob = preds[f"valid_prob{suffix}"][i], preds[f"test_prob{suffix}"][i]
             threshold = threshold_for_recall(preds["valid_y"], valid_prob, target_recall)
             models.append(
-                Model(predictor, f"seed {seed}", test_prob, {AT_HALF: 0.5, AT_VALIDATION: threshold})
+                Predictions(predictor, f"seed {seed}", test_prob, {AT_HALF: 0.5, AT_VALIDATION: threshold})
             )
             if predictor == "champion":
                 thresholds.append(
@@ -264,8 +265,8 @@ def build_models(
     n = preds["test_y"].size
     majority = majority_class(train_labels)
     name = f"majority class ({'positive' if majority else 'negative'} in train)"
-    models.append(Model(name, "", np.full(n, float(majority)), {AT_HALF: 0.5}))
-    models.append(Model("always positive", "", np.ones(n), {AT_HALF: 0.5}))
+    models.append(Predictions(name, "", np.full(n, float(majority)), {AT_HALF: 0.5}))
+    models.append(Predictions("always positive", "", np.ones(n), {AT_HALF: 0.5}))
     return models, thresholds
 
 
@@ -487,4 +488,6 @@ def evaluation_notes(summary: dict) -> list[str]:
         "shared by every row.",
         f"Validation threshold: chosen per seed on validation for recall >= {summary['target_recall']}, "
         f"applied unchanged to test ({thresholds}).",
+        f"Published reference on full PCAM: {REFERENCE['model']}, test accuracy {REFERENCE['test_accuracy']}, "
+        f"ROC-AUC {REFERENCE['test_auc']} (for orientation only on other data).",
     ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
 import fcntl
 import functools
 import io
@@ -31,11 +30,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pcamflow.config import validate_training
-from pcamflow.data.pipeline import BatchLoader, GpuTransform, autocast
+from pcamflow.config import validate_section, validate_training
+from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast
 from pcamflow.data.store import Split, load_split, load_stats
 from pcamflow.errors import PcamflowError, check_output_file, first_line
-from pcamflow.io import write_csv
+from pcamflow.io import now_iso, write_csv
 from pcamflow.training import train as trainer
 from pcamflow.training.models import MODELS, build_model
 
@@ -111,6 +110,10 @@ class Measurement:
 
 
 def cli_main(args) -> int:
+    given = {
+        key: getattr(args, key) for key in ("workers", "warmup", "steps") if getattr(args, key) is not None
+    }
+    settings = validate_section("throughput", given, source="pcamflow throughput")
     spec = BenchSpec(
         mode=args.mode,
         data=args.data,
@@ -118,9 +121,9 @@ def cli_main(args) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         device=args.device,
-        workers=args.workers,
-        warmup=args.warmup,
-        steps=args.steps,
+        workers=settings["workers"],
+        warmup=settings["warmup"],
+        steps=settings["steps"],
         partition=args.partition,
         threads=args.threads,
     )
@@ -201,7 +204,7 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
         message=message,
         hostname=platform.node(),
         torch_version=torch.__version__,
-        timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        timestamp=now_iso(),
     )
     if measured is not None:
         row.update(
@@ -343,7 +346,7 @@ MEASURES: dict[str, Callable[[BenchSpec], Measurement]] = {
 
 
 def pipeline_batches(
-    loader: BatchLoader, transform: GpuTransform, *, train: bool, generator: torch.Generator | None = None
+    loader: BatchLoader, transform: BatchTransform, *, train: bool, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (model input, labels) batches of the store's train split, made as training makes them."""
     generator = generator or torch.Generator().manual_seed(BENCH_SEED)
@@ -375,8 +378,8 @@ def _loader(spec: BenchSpec, settings: dict) -> BatchLoader:
     )
 
 
-def _transform(spec: BenchSpec, settings: dict) -> GpuTransform:
-    return GpuTransform(
+def _transform(spec: BenchSpec, settings: dict) -> BatchTransform:
+    return BatchTransform(
         load_stats(spec.data),
         device=spec.device,
         augment=settings["augment"],
@@ -417,7 +420,7 @@ def _bench_run(spec: BenchSpec, settings: dict, loader: BatchLoader) -> trainer.
 
 
 class _AlreadyTransformed:
-    """Stands in for a run's GpuTransform when the bench has transformed the batch already."""
+    """Stands in for a run's BatchTransform when the bench has transformed the batch already."""
 
     def to_input(self, x: torch.Tensor, *, train: bool, generator=None) -> torch.Tensor:
         return x

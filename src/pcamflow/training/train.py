@@ -36,11 +36,11 @@ import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
 from pcamflow.config import GRID_KEYS, load_schema, load_yaml, validate
-from pcamflow.data.pipeline import BatchLoader, GpuTransform, autocast, predict_logits
+from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, predict_logits
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import load_split, load_stats, store_checksum, store_files
 from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
-from pcamflow.io import atomic_dir, atomic_path, write_csv, write_json
+from pcamflow.io import atomic_dir, atomic_path, now_iso, write_csv, write_json
 from pcamflow.rundir import (
     BEST_CHECKPOINT,
     EPOCH_FIELDS,
@@ -138,11 +138,14 @@ def configure_determinism(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "training.device") -> torch.device:
+    """'auto', 'cpu' or 'cuda' as a torch device; `key` names the setting in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise PcamflowError(f"{key}: {name!r} is not a device; choose auto, cpu or cuda")
     if name == "cuda" and not torch.cuda.is_available():
-        raise PcamflowError("training.device: cuda requested but no CUDA device is available")
+        raise PcamflowError(f"{key}: cuda requested but no CUDA device is available here (use cpu)")
     return torch.device(name)
 
 
@@ -237,7 +240,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler | None
     loader: BatchLoader
-    transform: GpuTransform
+    transform: BatchTransform
     augment_rng: torch.Generator
     # what a full run adds (the benchmark builds a Run without them)
     valid: object = None  # pcamflow.data.store.Split
@@ -295,7 +298,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         scheduler=build_scheduler(optimizer, settings, len(loader)),
         scaler=torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None,
         loader=loader,
-        transform=GpuTransform(
+        transform=BatchTransform(
             stats,
             device=device,
             augment=settings["augment"],
@@ -370,13 +373,13 @@ def load_resume_state(run: Run) -> Progress:
     """Continue from state_dir's checkpoint when there is a compatible one; else a fresh Progress."""
     path = run.state_dir / LAST_CHECKPOINT
     if not path.exists():
-        return Progress(start_time=provenance.now_iso())
+        return Progress(start_time=now_iso())
     state = load_checkpoint(path, map_location="cpu")
     why_not = resumable(state, run)
     if why_not:
         log.warning("not resuming from %s: %s; starting afresh", path, why_not)
         clear_state(run.state_dir)
-        return Progress(start_time=provenance.now_iso())
+        return Progress(start_time=now_iso())
     progress = restore(run, state)
     # the 1-based epoch it continues in, after `step` optimizer steps
     progress.resumed_from = {"epoch": progress.epoch + 1, "step": progress.step}
@@ -597,7 +600,7 @@ def _finite_or_none(value: torch.Tensor | None) -> float | None:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_scores(
     model: torch.nn.Module,
     split,
     stats: dict,
@@ -608,7 +611,7 @@ def evaluate(
     channels_last: bool = False,
 ) -> dict:
     """val_loss (mean cross-entropy) and val_accuracy, val_f2, val_auc, val_pr_auc on a split."""
-    transform = GpuTransform(stats, device=device, augment=False, channels_last=channels_last)
+    transform = BatchTransform(stats, device=device, augment=False, channels_last=channels_last)
     y = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
     loss_sum = torch.zeros((), dtype=torch.float64, device=transform.device)
     probs, start = [], 0
@@ -652,7 +655,7 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
         while progress.epoch < settings["epochs"]:
             record = train_one_epoch(run, progress, monitor, stop)
             started = time.perf_counter()
-            scores = evaluate(
+            scores = validation_scores(
                 run.model,
                 run.valid,
                 run.stats,
@@ -754,7 +757,7 @@ def write_outputs(run: Run, progress: Progress, out_dir: Path) -> None:
             **provenance.host_record(run.device),
             "data_checksum": run.data_checksum,
             "start_time": progress.start_time,
-            "end_time": provenance.now_iso(),
+            "end_time": now_iso(),
             "train_time_s": progress.train_time_s,
             "resumed_from": progress.resumed_from,
         },

@@ -1,4 +1,4 @@
-"""Rule bundle: results/bundle.tar.gz for an offline handover (pcamflow.deployment.export.write_handover)."""
+"""Rule handover: results/handover.tar.gz for an offline handover (pcamflow.deployment.export.write_handover)."""
 
 from pathlib import Path
 

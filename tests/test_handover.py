@@ -1,4 +1,4 @@
-"""Offline handover: results/bundle.tar.gz, and the export and bundle rules end to end on the test config."""
+"""Offline handover: results/handover.tar.gz, and the export and handover rules end to end on the test config."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_handover_holds_bundle_config_run_lock_and_readme(tmp_path):
     bundle = make_bundle(tmp_path / "model", threshold=0.3)
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps({"seed": 7}))
-    tar_path = tmp_path / "bundle.tar.gz"
+    tar_path = tmp_path / "handover.tar.gz"
     write_handover(tar_path, bundle, {"dataset": "synthetic", "seeds": [7]}, run_json)
     root = _extract(tar_path, tmp_path / "out")
 
@@ -62,17 +62,17 @@ def test_handover_refuses_a_damaged_bundle(tmp_path):
     bundle = make_bundle(tmp_path / "model")
     (bundle / CARD_FILE).write_text("edited by hand")
     with pytest.raises(PcamflowError, match="sha256 differs"):
-        write_handover(tmp_path / "bundle.tar.gz", bundle, {}, tmp_path / "run.json")
-    assert not (tmp_path / "bundle.tar.gz").exists()
+        write_handover(tmp_path / "handover.tar.gz", bundle, {}, tmp_path / "run.json")
+    assert not (tmp_path / "handover.tar.gz").exists()
 
 
 @pytest.mark.slow
 def test_export_and_bundle_rules_on_the_test_config(workflow_dir, tmp_path):
     """The bundle's model reproduces the evaluation's probabilities of the deployed checkpoint, its
     threshold is the evaluation's, and the card reports the evaluation's numbers."""
-    snakemake(workflow_dir, "results/bundle.tar.gz", "--cores", "2", "--configfile", "config/test.yaml")
+    snakemake(workflow_dir, "results/handover.tar.gz", "--cores", "2", "--configfile", "config/test.yaml")
     results = workflow_dir / "results"
-    root = _extract(results / "bundle.tar.gz", tmp_path / "handover")
+    root = _extract(results / "handover.tar.gz", tmp_path / "handover")
     evaluation = json.loads((results / "summary" / "evaluate.json").read_text())
     deploy = evaluation["deploy"]
     meta = json.loads((root / "model" / META_FILE).read_text())
