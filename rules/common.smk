@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # envs/pcamflow.yaml installs pcamflow from here (`-e ${PCAMFLOW_ROOT}`) for `--sdm conda` jobs
-os.environ["PCAMFLOW_ROOT"] = workflow.basedir
+os.environ.update(PCAMFLOW_ROOT=workflow.basedir)
 
 from pcamflow import constants, rundir
 from pcamflow.config import GRID_KEYS, grid_points, validate_config
