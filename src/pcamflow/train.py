@@ -40,7 +40,7 @@ from .config import GRID_KEYS, load_schema, load_yaml, validate
 from .errors import EXIT_PREEMPTED, PcamflowError, Preempted
 from .io import atomic_dir, atomic_path, write_csv, write_json
 from .models import build_model
-from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
+from .pipeline import BatchLoader, GpuTransform, autocast, device_resident, predict_logits
 from .staging import stage_prepared
 from .store import load_split, load_stats, store_checksum, store_files
 
@@ -63,7 +63,14 @@ TIMING_FIELDS = ("epoch_time_s", "img_per_s")  # the only fields that differ bet
 VAL_METRICS = {"accuracy": "val_accuracy", "f2": "val_f2", "roc_auc": "val_auc", "pr_auc": "val_pr_auc"}
 # Training settings that do not change what is learned: a checkpoint written under other values
 # of these (another device, thread count or logging cadence) still resumes.
-OPERATIONAL_KEYS = ("log_every", "checkpoint_minutes", "checkpoint_every_steps", "device", "threads")
+OPERATIONAL_KEYS = (
+    "log_every",
+    "checkpoint_minutes",
+    "checkpoint_every_steps",
+    "device",
+    "threads",
+    "device_resident",
+)
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 
 
@@ -284,6 +291,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         seed=loader_seed,
         balanced=settings["sampler"] == "balanced",
         device=device,
+        resident=device_resident(settings["device_resident"], train_split, device),
     )
     optimizer = build_optimizer(model, cfg["optimizer"], cfg["lr"], settings)
     return Run(
