@@ -37,7 +37,7 @@ from .config import validate_training
 from .errors import PcamflowError, check_output_file, first_line
 from .io import write_csv
 from .models import MODELS, build_model
-from .pipeline import BatchLoader, GpuTransform, autocast
+from .pipeline import BatchLoader, GpuTransform, autocast, device_resident
 from .store import Split, load_split, load_stats
 
 log = logging.getLogger(__name__)
@@ -371,12 +371,15 @@ def _training_settings(spec: BenchSpec) -> dict:
 
 
 def _loader(spec: BenchSpec, settings: dict) -> BatchLoader:
+    """The train split's loader, on the input path training would take (`training.device_resident`)."""
+    split = train_split(os.fspath(spec.data))
     return BatchLoader(
-        train_split(os.fspath(spec.data)),
+        split,
         spec.batch_size,
         seed=BENCH_SEED,
         balanced=settings["sampler"] == "balanced",
         device=spec.device,
+        resident=device_resident(settings["device_resident"], split, spec.device),
     )
 
 
