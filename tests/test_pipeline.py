@@ -11,6 +11,7 @@ from pcamflow.pipeline import (
     RESIDENT_SHARE,
     BatchLoader,
     GpuTransform,
+    Tiles,
     _d4_affine,
     _d4_index_maps,
     apply_d4,
@@ -33,7 +34,8 @@ def split(store):
 
 
 def batches(loader):
-    return [(x.clone(), y.clone()) for x, y in loader]
+    """Every batch of the rest of the epoch as uint8 tensors (lazy batches gathered)."""
+    return [((x.gather() if isinstance(x, Tiles) else x).clone(), y.clone()) for x, y in loader]
 
 
 def test_an_epoch_yields_every_tile_once_as_uint8_batches(split):
@@ -82,10 +84,11 @@ INPUT_PATHS = {
     "host": {},
     "prefetched": {"prefetch": True},  # the background gather CUDA uses when the split does not fit
     "resident": {"resident": True},  # on the cpu device: the same code as on CUDA, in host memory
+    "lazy": {"lazy": True},  # what CPU training uses: the transform gathers the tiles itself
 }
 
 
-@pytest.mark.parametrize("path", ["prefetched", "resident"])
+@pytest.mark.parametrize("path", ["prefetched", "resident", "lazy"])
 @pytest.mark.parametrize(
     "options", [{}, {"balanced": True}, {"drop_last": True}], ids=["shuffle", "balanced", "drop_last"]
 )
@@ -102,7 +105,8 @@ def test_every_input_path_yields_the_host_batches_bit_for_bit(split, path, optio
 
 
 @pytest.mark.parametrize(
-    ("first", "then"), [("resident", "host"), ("host", "prefetched"), ("prefetched", "resident")]
+    ("first", "then"),
+    [("resident", "host"), ("host", "prefetched"), ("prefetched", "lazy"), ("lazy", "resident")],
 )
 def test_a_loader_resumes_mid_epoch_on_another_input_path(split, first, then):
     reference = batches(BatchLoader(split, 8, seed=3))
@@ -248,6 +252,44 @@ def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, sp
             assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"compiled": False}],
+    ids=["d4", "jitter", "channels_last", "torch_ops"],
+)
+def test_lazy_tiles_read_from_the_store_give_the_gathered_batchs_values_bit_for_bit(store, batch, options):
+    mapped = load_split(store, "train", mmap=True)  # read straight from the memory-mapped file
+    idx = np.sort(np.random.default_rng(batch).integers(0, len(mapped), batch))
+    tiles = Tiles(mapped.x, idx)
+    assert tiles.shape == (batch, 96, 96, 3) and len(tiles) == batch
+    gathered = tiles.gather()
+    assert torch.equal(gathered, torch.from_numpy(mapped.x[idx]))
+    transform = GpuTransform(load_stats(store), **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # 40 tiles: the kernel's gather is shared over 2 threads
+    try:
+        for train in (True, False):
+            a = transform.to_input(tiles, train=train, generator=torch.Generator().manual_seed(3))
+            b = transform.to_input(gathered, train=train, generator=torch.Generator().manual_seed(3))
+            assert a.stride() == b.stride() and torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_lazy_tiles_out_of_range_are_refused_not_read(split, store):
+    transform = GpuTransform(load_stats(store))
+    for idx in ([0, len(split)], [-1, 3]):
+        with pytest.raises(IndexError, match="tile index out of range"):
+            transform.to_input(Tiles(split.x, np.array(idx)), train=False)
+
+
+def test_lazy_batches_are_for_host_gathers_on_the_cpu(split):
+    for options in ({"resident": True}, {"device": "cuda"}):
+        with pytest.raises(ValueError, match="lazy batches"):
+            BatchLoader(split, 8, seed=0, lazy=True, **options)
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 96])

@@ -6,7 +6,9 @@ Where the batch is gathered from (the same batches, bit for bit, either way):
   - device-resident: the whole uint8 train split lives on the device (`training.device_resident`;
     on CUDA by default when it fits, see `resident_fits`), so a batch is one on-device gather;
   - host: a gather from the host array, copied to the device; on CUDA the next batch is gathered
-    into pinned memory and copied on a side stream while the current step runs (prefetch).
+    into pinned memory and copied on a side stream while the current step runs (prefetch);
+  - lazy (CPU): the loader hands out `Tiles` (the batch's indices into the array) and the CPU
+    transform's compiled pass reads each tile straight from the array: no intermediate uint8 batch.
 `GpuTransform` turns uint8 NHWC tiles into normalised float NCHW on the device, with random D4
 (flips and 90-degree rotations) and optional colour jitter in training only. `predict_proba` is the
 one place predictions are made (evaluation, slices and export call it).
@@ -14,6 +16,7 @@ one place predictions are made (evaluation, slices and export call it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -23,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .constants import TILE_SHAPE
 from .cpu_kernel import CHANNELS, d4_normalise_threaded
 from .errors import PcamflowError
 from .store import Split
@@ -38,6 +40,29 @@ RESIDENT_COPY_TILES = 8192  # tiles per host-to-device chunk (about 226 MB) when
 _NO_NORMALISE = (np.ones(CHANNELS, np.float32), np.zeros(CHANNELS, np.float32))  # x * 1 + 0
 
 
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """A batch not gathered yet: rows `idx` of the uint8 (N, H, W, 3) array `source` (a lazy CPU batch).
+
+    `GpuTransform` on a CPU reads the tiles straight from `source`; `gather()` is the uint8 batch.
+    """
+
+    source: np.ndarray  # in memory or memory-mapped
+    idx: np.ndarray  # (B,) int64
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.idx), *self.source.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def gather(self) -> torch.Tensor:
+        x = np.empty(self.shape, np.uint8)
+        np.take(self.source, self.idx, axis=0, out=x, mode="clip")  # clip: no bounds-check buffer
+        return torch.from_numpy(x)
+
+
 class BatchLoader:
     """Batches of (uint8 tiles (B, 96, 96, 3), int64 labels (B,)) on `device`, resumable mid-epoch.
 
@@ -49,6 +74,8 @@ class BatchLoader:
     `prefetch` (host gathers only; default: on CUDA): gather the next batch in a background thread
     (and copy it on a side CUDA stream) while the caller works on the current one. Neither changes
     the batches, their values or the state: a batch's indices are fixed when its epoch starts.
+    `lazy` (cpu device, host gathers): hand out `Tiles` instead of uint8 tensors; the CPU
+    `GpuTransform` gathers them inside its compiled pass, over its threads.
     """
 
     def __init__(
@@ -63,10 +90,14 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         resident: bool = False,
         prefetch: bool | None = None,
+        lazy: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
+        if lazy and (resident or self.device.type != "cpu"):
+            raise ValueError("lazy batches are host gathers on the cpu device")
+        self.lazy = lazy
         self.y = np.asarray(split.y, dtype=np.int64)
         self.resident = resident
         if resident:  # the host array is no longer needed: a memory-mapped split's pages can go
@@ -97,6 +128,11 @@ class BatchLoader:
             self._start_epoch()
         if self.resident:
             batches = self._resident_batches(self.position)
+        elif self.lazy:
+            batches = (
+                (Tiles(self.x, self._order[self._batch(k)]), self._y(k))
+                for k in range(self.position, len(self))
+            )
         elif self.prefetch:
             batches = self._prefetched_batches(self.position)
         else:
@@ -143,19 +179,17 @@ class BatchLoader:
         """Batch k's run of this epoch's order."""
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
+    def _y(self, k: int) -> torch.Tensor:
+        return torch.from_numpy(self._labels[self._batch(k)])
+
     def _host_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch k gathered on the host (into pinned memory when it goes to a CUDA device)."""
-        idx, labels = self._order[self._batch(k)], self._labels[self._batch(k)]
-        pin = self.device.type == "cuda"
-        shape = (len(idx), *TILE_SHAPE)
-        x = (
-            torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            if pin
-            else torch.from_numpy(np.empty(shape, np.uint8))
-        )
-        np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
-        y = torch.from_numpy(labels)
-        return x, (y.pin_memory() if pin else y)
+        tiles = Tiles(self.x, self._order[self._batch(k)])
+        if self.device.type != "cuda":
+            return tiles.gather(), self._y(k)
+        x = torch.empty(tiles.shape, dtype=torch.uint8, pin_memory=True)
+        np.take(self.x, tiles.idx, axis=0, out=x.numpy(), mode="clip")
+        return x, self._y(k).pin_memory()
 
     def _gather(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._host_batch(k)
@@ -328,8 +362,13 @@ class GpuTransform:
         if self.compiled:  # the kernel's (scale, shift) with and without normalisation
             self._kernel_args = {True: (self.scale.numpy(), self.shift.numpy()), False: _NO_NORMALISE}
 
-    def to_input(self, x_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None):
-        x_uint8 = x_uint8.to(self.device, non_blocking=True)
+    def to_input(
+        self, x_uint8: torch.Tensor | Tiles, *, train: bool, generator: torch.Generator | None = None
+    ):
+        if isinstance(x_uint8, Tiles) and not self.compiled:
+            x_uint8 = x_uint8.gather()  # only the compiled pass reads tiles where they are stored
+        if not isinstance(x_uint8, Tiles):
+            x_uint8 = x_uint8.to(self.device, non_blocking=True)
         transforms = None
         if train and self.augment:
             transforms = torch.randint(0, D4_SIZE, (x_uint8.shape[0],), generator=generator)
@@ -343,7 +382,9 @@ class GpuTransform:
 
     __call__ = to_input
 
-    def _d4_float(self, x: torch.Tensor, transforms: torch.Tensor | None, *, normalise: bool) -> torch.Tensor:
+    def _d4_float(
+        self, x: torch.Tensor | Tiles, transforms: torch.Tensor | None, *, normalise: bool
+    ) -> torch.Tensor:
         """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (none: as is)."""
         if self.compiled:
             return _d4_normalise_compiled(x, transforms, *self._kernel_args[normalise])
@@ -397,17 +438,26 @@ def _d4_affine(size: int) -> np.ndarray:
 
 
 def _d4_normalise_compiled(
-    x: torch.Tensor, transforms: torch.Tensor | None, scale: np.ndarray, shift: np.ndarray
+    x: torch.Tensor | Tiles, transforms: torch.Tensor | None, scale: np.ndarray, shift: np.ndarray
 ) -> torch.Tensor:
-    """`cpu_kernel.d4_normalise` on CPU tensors: uint8 (B, H, H, 3) -> float32 (B, 3, H, H)."""
+    """`cpu_kernel.d4_normalise` on CPU tiles: uint8 (B, H, H, 3) -> float32 (B, 3, H, H); `Tiles`
+    are read straight from their array."""
     b, h, w, c = x.shape
     if h != w or c != CHANNELS:
         raise ValueError(f"expected square RGB tiles (B, H, H, {CHANNELS}), got {tuple(x.shape)}")
+    if isinstance(x, Tiles):
+        source, idx = np.asarray(x.source), np.asarray(x.idx, dtype=np.int64)
+        if b and (idx.min() < 0 or idx.max() >= len(source)):  # the kernel does not check
+            raise IndexError(f"tile index out of range [0, {len(source)})")
+    else:
+        source, idx = x.contiguous().numpy(), np.arange(b)
     transforms = np.zeros(b, dtype=np.int64) if transforms is None else transforms.numpy()  # 0: identity
     out = np.empty((b, c, h, w), dtype=np.float32)
     planes = out.reshape(b, c, h * w)  # a view: the kernel writes `out`
-    x = x.contiguous().numpy().reshape(b, -1)
-    d4_normalise_threaded(x, transforms, _d4_affine(h), scale, shift, planes, h, w, torch.get_num_threads())
+    tiles = source.reshape(len(source), -1)  # (N, H*W*3), a view
+    d4_normalise_threaded(
+        tiles, idx, transforms, _d4_affine(h), scale, shift, planes, h, w, torch.get_num_threads()
+    )
     return torch.from_numpy(out)
 
 

@@ -285,13 +285,15 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader_seed, augment_seed = derived_seeds(cfg["seed"], 2)
+    resident = device_resident(settings["device_resident"], train_split, device)
     loader = BatchLoader(
         train_split,
         cfg["batch_size"],
         seed=loader_seed,
         balanced=settings["sampler"] == "balanced",
         device=device,
-        resident=device_resident(settings["device_resident"], train_split, device),
+        resident=resident,
+        lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
     optimizer = build_optimizer(model, cfg["optimizer"], cfg["lr"], settings)
     return Run(
