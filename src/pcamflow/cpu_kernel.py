@@ -79,10 +79,13 @@ def _tile(tile, affine, out, height, width, scale, shift):
 def d4_normalise(x, idx, transforms, affine, scale, shift, out, height, width):
     """out[b] = normalised D4 view `transforms[b]` of tile x[idx[b]].
 
-    x: uint8 (N, H*W*3); idx: int64 (B,), each in [0, N) (unchecked: the caller checks);
+    x: uint8 (N, H*W*3); idx: int64 (B,), each in [0, N) (IndexError otherwise, before any read);
     transforms: int64 (B,); affine: int64 (8, 3); scale, shift: float32 (3,);
     out: float32 (B, 3, H*W), written in full.
     """
+    for b in range(idx.shape[0]):  # numba does not check bounds: a bad index would read anywhere
+        if idx[b] < 0 or idx[b] >= x.shape[0]:
+            raise IndexError("tile index out of range")
     for b in range(idx.shape[0]):
         _tile(x[idx[b]], affine[transforms[b]], out[b], height, width, scale, shift)
 
