@@ -3,9 +3,9 @@
 uint8 NHWC tiles -> D4 view -> float32 -> (x * scale + shift) per channel -> NCHW, reading each tile
 once and writing each output value once. The tiles are read straight from where they are stored
 (rows `idx` of the store's array, in memory or memory-mapped), so a training batch needs no separate
-gather into an intermediate uint8 batch, and the gather is shared over the threads with the rest. The same transform in torch ops (what runs on CUDA, and
-what `torch.export` traces) makes several passes over the float batch, which on a CPU costs several
-times more than the copy itself. Values are bit-identical to the torch ops (tested): float32
+gather into an intermediate uint8 batch, and the gather is shared over the threads with the rest.
+The same transform in torch ops (what runs on CUDA, and what `torch.export` traces) makes several
+passes over the float batch, which on a CPU costs several times more than the copy itself. Values are bit-identical to the torch ops (tested): float32
 multiply then add, never a fused multiply-add (numba's default, fastmath off).
 
 A D4 element maps output pixel (i, j) to source pixel base + i * row_step + j * col_step (the affine
