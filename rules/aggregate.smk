@@ -47,7 +47,7 @@ rule champion:
     params:
         grid_keys=GRID_KEYS,
         metric=config["champion"]["metric"],
-        training=config["training"],
+        training=TRAINING_PARAMS,
     script:
         "../workflow_scripts/champion.py"
 

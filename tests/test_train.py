@@ -121,6 +121,22 @@ def test_twin_runs_are_bit_identical(reference, store, tmp_path):
     assert_same_run(reference, tmp_path)
 
 
+def test_a_device_resident_run_gives_the_host_runs_history_bit_for_bit(reference, store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pcamflow.data.pipeline")
+    run_training(run_config(store, device_resident=True), tmp_path)  # the CUDA input path, on the cpu
+    assert "input: device-resident (device_resident True)" in caplog.text
+    assert_same_run(reference, tmp_path)  # history.json (timing aside) and both checkpoints' weights
+
+
+def test_a_run_checkpointed_device_resident_resumes_with_host_gathers(reference, store, tmp_path):
+    state = tmp_path / "state"
+    with pytest.raises(train.Preempted):
+        run_training_with_signal_at_first_step(run_config(store, device_resident=True), tmp_path / "a", state)
+    run_training(run_config(store, device_resident=False), tmp_path / "b", state)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] == {"epoch": 1, "step": 1}
+    assert_same_run(reference, tmp_path / "b")
+
+
 def start_cli_run(config: dict, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(config))

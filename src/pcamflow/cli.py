@@ -87,9 +87,9 @@ def _train(sub):
 
 def _bench(sub):
     p = sub.add_parser("throughput", help="measure img/s of one configuration and append a CSV row")
-    p.add_argument("--mode", required=True, choices=["data", "naive", "forward", "train"])
+    p.add_argument("--mode", required=True, choices=["data", "naive", "reopen", "forward", "train"])
     p.add_argument(
-        "--data", required=True, help="prepared store (naive: a raw _x.h5 with its _y.h5 beside it)"
+        "--data", required=True, help="prepared store (naive, reopen: a raw _x.h5 with its _y.h5 beside it)"
     )
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=64)

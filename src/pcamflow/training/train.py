@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
 from pcamflow.config import GRID_KEYS, load_schema, load_yaml, validate
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, predict_logits
+from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident, predict_logits
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import load_split, load_stats, store_checksum, store_files
 from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
@@ -64,7 +64,14 @@ log = logging.getLogger("pcamflow.training.train")
 
 # Training settings that do not change what is learned: a checkpoint written under other values
 # of these (another device, thread count or logging cadence) still resumes.
-OPERATIONAL_KEYS = ("log_every", "checkpoint_minutes", "checkpoint_every_steps", "device", "threads")
+OPERATIONAL_KEYS = (
+    "log_every",
+    "checkpoint_minutes",
+    "checkpoint_every_steps",
+    "device",
+    "threads",
+    "device_resident",
+)
 
 
 # ---------------------------------------------------------------- run config
@@ -281,12 +288,15 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader_seed, augment_seed = derived_seeds(cfg["seed"], 2)
+    resident = device_resident(settings["device_resident"], train_split, device)
     loader = BatchLoader(
         train_split,
         cfg["batch_size"],
         seed=loader_seed,
         balanced=settings["sampler"] == "balanced",
         device=device,
+        resident=resident,
+        lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
     optimizer = build_optimizer(model, cfg["optimizer"], cfg["lr"], settings)
     return Run(
