@@ -421,5 +421,8 @@ def test_rule_failure_is_one_clear_line(workflow_dir, tmp_path):
     assert proc.returncode != 0
     assert re.search(r"PcamflowError .*\n.*test_y\.h5\.gz: connection refused", proc.stderr)
     assert "Traceback" not in proc.stderr
-    assert "connection refused" in (workflow_dir / "results/logs/download/camelyonpatch_level_2_split_test_y.h5.log").read_text()
+    assert (
+        "connection refused"
+        in (workflow_dir / "results/logs/download/camelyonpatch_level_2_split_test_y.h5.log").read_text()
+    )
     assert not (tmp_path / "pcam").exists() or not any((tmp_path / "pcam").iterdir())
