@@ -396,9 +396,10 @@ def write_champion_predictions(
 ) -> None:
     """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
     from .io import read_json
-    from .store import load_split, load_stats
+    from .store import load_split, load_stats, verify_store
     from .train import resolve_device
 
+    verify_store(store_dir, ("valid", "test"))  # once per job, before reading a tile
     champion = read_json(champion_json)
     valid, test = load_split(store_dir, "valid"), load_split(store_dir, "test")
     checkpoints = [s["checkpoint"] for s in champion["seeds"]]

@@ -33,7 +33,7 @@ from .rawdata import (
     open_tiles,
     split_paths,
 )
-from .store import MANIFEST_FILE, STATS_FILE, array_path
+from .store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,8 @@ def _stats(histogram: np.ndarray, plans: dict, drop_black_white_from, drop_cross
 
 def _manifest(digests: dict[str, str], audits: dict[str, dict]) -> dict:
     files = dict(sorted(digests.items()))
-    overall = hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in files.items()).encode())
     return {
-        "checksum": overall.hexdigest(),
+        "checksum": combined_checksum(files),
         "files": files,
         "source_md5": {split: audit["files"]["md5"] for split, audit in audits.items()},
     }

@@ -42,7 +42,7 @@ from .io import atomic_dir, atomic_path, write_csv, write_json
 from .models import build_model
 from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
 from .staging import stage_prepared
-from .store import load_split, load_stats, store_checksum, store_files
+from .store import load_split, load_stats, store_files, verify_store
 
 log = logging.getLogger("pcamflow.train")
 
@@ -272,6 +272,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
     seed_everything(cfg["seed"])
     # on a Slurm node with scratch, read a node-local copy; cfg keeps the shared path (run.json, resume)
     data = stage_prepared(cfg["data"])
+    data_checksum = verify_store(data, ("train", "valid"))  # what this job reads, once per job
     train_split, valid = load_split(data, "train"), load_split(data, "valid")
     stats = load_stats(data)
     model = build_model(cfg["model"], settings).to(device)
@@ -306,7 +307,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         valid=valid,
         stats=stats,
         state_dir=state_dir,
-        data_checksum=store_checksum(data),
+        data_checksum=data_checksum,
     )
 
 
