@@ -22,7 +22,7 @@ from . import constants
 from .config import validate_section
 from .constants import FAULTS
 from .download import checksum_provenance
-from .errors import PcamflowError
+from .errors import PcamflowError, check_output_file
 from .io import atomic_path, md5sum, read_json, write_json
 from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
 
@@ -204,6 +204,9 @@ def cli_main(args) -> int:
     settings = validate_section(
         "audit", {k: v for k, v in given.items() if v is not None}, source="pcamflow audit"
     )
+    for option, path in (("--out", args.out), ("--plot", args.plot), ("--hashes", args.hashes)):
+        if path is not None:
+            check_output_file(path, option)  # before reading a tile
     result = audit_split(args.x, args.y, **settings)
     write_audit(result, args.out, args.plot, args.hashes)
     faults = ", ".join(f"{f} {result.report['faults'][f]['tiles']}" for f in FAULTS)

@@ -40,6 +40,7 @@ def _synth(sub):
     p.add_argument(
         "--workers", type=int, default=1, help="processes rendering tiles (same files for any number)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace PCAM-named files already in --out")
 
 
 def _audit(sub):

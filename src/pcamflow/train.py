@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from . import metrics, provenance
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import GRID_KEYS, load_schema, load_yaml, validate
-from .errors import EXIT_PREEMPTED, PcamflowError, Preempted
+from .errors import EXIT_PREEMPTED, PcamflowError, Preempted, check_output_dir
 from .io import atomic_dir, atomic_path, write_csv, write_json
 from .models import build_model
 from .pipeline import BatchLoader, GpuTransform, autocast, predict_logits
@@ -802,6 +802,9 @@ def run_training(
 
 def cli_main(args) -> int:
     """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR]`."""
+    check_output_dir(args.out)  # before an epoch is trained, not after it
+    if getattr(args, "state_dir", None):
+        check_output_dir(args.state_dir, "--state-dir")
     run_config = load_yaml(args.config)
     try:
         summary = run_training(run_config, args.out, getattr(args, "state_dir", None))
