@@ -47,7 +47,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: refused to load: weights-only loading rejected its content (not a checkpoint of "
             "plain tensors and values)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - damaged bytes fail anywhere in the unpickler (KeyError, ...)
         raise PcamflowError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise PcamflowError(f"{path}: not a pcamflow checkpoint (no model weights in it)")

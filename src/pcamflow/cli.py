@@ -77,8 +77,8 @@ def _train(sub):
         "train",
         help="run one training run outside Snakemake",
         description="Train one run config {data, model, lr, batch_size, optimizer, seed, training}. "
-        "A run that finds a checkpoint in its state directory resumes from it; on SIGTERM/SIGUSR1 it "
-        "checkpoints and exits 75.",
+        "A run that finds a checkpoint in its state directory resumes from it; on SIGTERM/SIGUSR1/Ctrl-C "
+        "it checkpoints and exits 75.",
     )
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--out", required=True, help="run directory")

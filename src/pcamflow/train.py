@@ -7,7 +7,7 @@
 
 Resume: the full state (model, optimizer, scheduler, scaler, every RNG, the loader's position inside
 the epoch, history so far) is checkpointed into `state_dir` at every epoch end, every
-`checkpoint_minutes` and on SIGTERM/SIGUSR1; a run that finds it there continues from it and ends
+`checkpoint_minutes` and on SIGTERM/SIGUSR1/SIGINT; a run that finds it there continues from it and ends
 bit-identical (on a CPU, timing fields aside) to an uninterrupted run. The learning-rate schedule is
 stepped once per optimizer step (warm-up and cosine are smooth over steps; the step schedule decays
 at epoch boundaries).
@@ -372,7 +372,12 @@ def load_resume_state(run: Run) -> Progress:
     path = run.state_dir / LAST
     if not path.exists():
         return Progress(start_time=provenance.now_iso())
-    state = load_checkpoint(path, map_location="cpu")
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except PcamflowError as err:  # else every retry of the run fails the same way, for good
+        raise PcamflowError(
+            f"{err}; it is this run's resume state: delete {path} to restart this run from its first epoch"
+        ) from None
     why_not = resumable(state, run)
     if why_not:
         log.warning("not resuming from %s: %s; starting afresh", path, why_not)
@@ -396,9 +401,11 @@ def clear_state(state_dir: Path) -> None:
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGUSR1 (Slurm's warning before a time limit or preemption)."""
+    """Set by SIGTERM/SIGUSR1 (Slurm's warning before a time limit or preemption) and by SIGINT
+    (Ctrl-C, in a terminal or of a local workflow): each checkpoints, then stops. A second Ctrl-C
+    stops at once, without waiting for the checkpoint."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.signal_name: str | None = None
@@ -424,6 +431,10 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         # only set a flag here: the loop checkpoints at the next step boundary and stops
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: checkpointing at the next step, then stopping (Ctrl-C again to stop now)")
         self.signal_name = signal.Signals(signum).name
 
     def stopping(self, where: str) -> Preempted:
