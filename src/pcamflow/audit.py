@@ -24,7 +24,15 @@ from .constants import FAULTS
 from .download import checksum_provenance
 from .errors import PcamflowError, check_output_file
 from .io import atomic_path, md5sum, read_json, write_json
-from .rawdata import TILE_VALUES, RawSplit, channel_histograms, clean_tiles, meta_path, open_split
+from .rawdata import (
+    TILE_VALUES,
+    RawSplit,
+    blank_masks,
+    channel_histograms,
+    clean_tiles,
+    meta_path,
+    open_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +71,9 @@ def audit_split(
             highs.append(high)
             cleaned = clean_tiles(block, in_place=True)
             del block
-            flat = cleaned.reshape(len(cleaned), -1)
-            flags["black"][start:stop] = flat.max(axis=1) <= black_max
-            flags["white"][start:stop] = flat.min(axis=1) >= white_min
+            flags["black"][start:stop], flags["white"][start:stop] = blank_masks(
+                cleaned, black_max, white_min
+            )
             histogram += channel_histograms(cleaned)
             hashes[start:stop] = [tile_hash(tile) for tile in cleaned]
             log.info("audit %s: %d/%d tiles", split or raw.x_path.name, stop, n)

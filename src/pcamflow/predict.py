@@ -28,7 +28,7 @@ from .errors import PcamflowError, check_output_file, first_line
 from .export import MAX_BATCH, Bundle, load_bundle
 from .io import write_csv
 from .pipeline import D4_SIZE, apply_d4
-from .rawdata import H5_SUFFIXES, clean_tiles
+from .rawdata import H5_SUFFIXES, blank_masks, clean_tiles
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +198,9 @@ def nonfinite_flags(block: np.ndarray) -> np.ndarray:
 
 def blank_flags(tiles: np.ndarray) -> np.ndarray:
     """Per cleaned uint8 tile "black" / "white" (as the audit defines them), else ""."""
-    black_max, white_min = _blank_thresholds()
-    flat = tiles.reshape(len(tiles), -1)
+    black, white = blank_masks(tiles, *_blank_thresholds())
     flags = np.full(len(tiles), "", dtype=object)
-    flags[flat.max(axis=1) <= black_max] = "black"
-    flags[flat.min(axis=1) >= white_min] = "white"
+    flags[black], flags[white] = "black", "white"
     return flags
 
 
