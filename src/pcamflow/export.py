@@ -405,7 +405,7 @@ def export_champion(
 
     from .checkpoint import load_model
     from .provenance import now_iso
-    from .store import load_stats, store_checksum
+    from .store import load_stats, verify_store
 
     champion, evaluation = read_json(champion_json), read_json(evaluate_json)
     deploy = evaluation["deploy"]
@@ -416,10 +416,11 @@ def export_champion(
         )
     run_dir = Path(champion["deploy"]["run_dir"])
     run_info = read_json(run_dir / "run.json")
-    if run_info.get("data_checksum") != store_checksum(store_dir):
+    checksum = verify_store(store_dir, ("train",))  # the drift reference reads the train split
+    if run_info.get("data_checksum") != checksum:
         raise PcamflowError(
             f"{run_dir / 'run.json'}: trained on prepared data {run_info.get('data_checksum')}, but "
-            f"{store_dir} is {store_checksum(store_dir)}: its statistics would not match the model"
+            f"{store_dir} is {checksum}: its statistics would not match the model"
         )
     model, run_config = load_model(deploy["checkpoint"])
     stats = load_stats(store_dir)

@@ -152,13 +152,14 @@ def write_slices(
     from .evaluate import load_predictions
     from .io import read_json, write_csv
     from .plots import html_table, plot_gallery
-    from .store import load_split
+    from .store import load_split, verify_store
 
     preds, summary = load_predictions(predictions), read_json(evaluate_json)
     deploy = summary["deploy"]
     row = list(preds["seeds"]).index(deploy["seed"])
     prob = preds["test_prob_tta" if "test_prob_tta" in preds else "test_prob"][row]
     threshold = deploy["threshold"]
+    verify_store(store_dir, ("test",))  # once per job, before reading a tile
     test = load_split(store_dir, "test")
     y = np.asarray(test.y).astype(bool)
     if not np.array_equal(y, preds["test_y"].astype(bool)):
