@@ -48,5 +48,5 @@ def test_data_dir_that_is_a_file_fails_the_dry_run_in_one_line(workflow_dir, tmp
     data_dir.write_text("a file")
     proc = snakemake(workflow_dir, "-n", "--config", "dataset=pcam", f"data_dir={data_dir}", check=False)
     assert proc.returncode != 0
-    assert f"config key 'data_dir': {data_dir} is a file, not a folder" in proc.stderr + proc.stdout
+    assert f"key 'data_dir': {data_dir} is a file, not a folder" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr

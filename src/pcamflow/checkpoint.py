@@ -48,7 +48,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             "plain tensors and values)"
         ) from None
     except Exception as err:  # noqa: BLE001 - damaged bytes fail anywhere in the unpickler (KeyError, ...)
-        raise PcamflowError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+        raise PcamflowError(
+            f"{path}: not a readable checkpoint (damaged, truncated or not a torch file: {type(err).__name__})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
         raise PcamflowError(f"{path}: not a pcamflow checkpoint (no model weights in it)")
     found = state.get("format_version", "none")

@@ -86,13 +86,13 @@ def data_problem(cfg: dict) -> str | None:
 
     data_dir = Path(cfg["data_dir"])
     if cfg["dataset"] == "pcam" and data_dir.exists() and not data_dir.is_dir():
-        return f"config key 'data_dir': {data_dir} is a file, not a folder"
+        return f"key 'data_dir': {data_dir} is a file, not a folder"
     # the most train tiles there can be (prepare may drop some): a larger batch never fills one step
     n_train = cfg["synthetic"]["n_train"] if cfg["dataset"] == "synthetic" else FULL_SIZES["train"]
     too_large = [b for b in cfg["grid"].get("batch_size", []) if b > n_train]
     if too_large:
         return (
-            f"config key 'grid.batch_size': {too_large[0]} is larger than the train split ({n_train} tiles); "
+            f"key 'grid.batch_size': {too_large[0]} is larger than the train split ({n_train} tiles); "
             "no training step could be taken"
         )
     return None
@@ -133,7 +133,8 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         if not math.isfinite(error.instance):
             return f"key '{key}': {error.instance} is not a finite number"
         if error.validator_value == "integer":
-            return f"key '{key}': {error.instance} is not a whole number (write {error.instance:.0f})"
+            hint = f" (write {error.instance:.0f})" if error.instance.is_integer() else ""
+            return f"key '{key}': {error.instance} is not a whole number{hint}"
     if error.validator == "minItems" and error.validator_value == 1:
         return f"key '{key}': the list is empty; give at least one value"
     return f"key '{key}': {error.message}"
