@@ -217,3 +217,39 @@ def test_the_shipped_bundle_carries_no_local_path_and_no_credential(tmp_path):
     for needle in (repo, str(P.home()) + "/", secret):
         assert not any(needle.encode() in blob for blob in blobs), f"{needle} ships in the bundle"
     assert "data.example.org/pcam" in blobs[0].decode(errors="replace")  # the URL stays, minus its secret
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (
+            lambda g: g["graph_module"]["graph"]["nodes"][0].update(target="torch.os.system"),
+            "calls 'torch.os.system'",
+        ),
+        (lambda g: g.update(guards_code=["__import__('os').system('true')"]), "carries Python guard code"),
+    ],
+    ids=["graph calls a Python function", "guard code"],
+)
+def test_a_program_graph_that_would_run_python_is_refused(bundle_dir, tmp_path, edit, phrase):
+    """Code need not hide in a pickle: the graph names the functions it calls and may carry guard code."""
+    import shutil
+    import zipfile
+
+    from pcamflow.io import sha256sum
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    original = (copy / MODEL_FILE).read_bytes()
+    with zipfile.ZipFile(io_bytes(original)) as src, zipfile.ZipFile(copy / MODEL_FILE, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("models/model.json"):
+                graph = json.loads(data)
+                edit(graph)
+                data = json.dumps(graph).encode()
+            dst.writestr(info, data)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"][MODEL_FILE] = sha256sum(copy / MODEL_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PcamflowError, match="refused to load") as err:
+        load_bundle(copy)
+    assert phrase in str(err.value)

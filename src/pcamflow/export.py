@@ -267,7 +267,6 @@ def check_program_archive(data: bytes, path: str | os.PathLike) -> None:
     holds tensors as raw bytes, aten operators, no guard code, and example inputs that load
     weights-only: anything else is refused naming the member.
     """
-    import json
     import zipfile
 
     def refuse(member: str, why: str) -> PcamflowError:
@@ -284,10 +283,23 @@ def check_program_archive(data: bytes, path: str | os.PathLike) -> None:
     if len(set(names)) != len(names):
         raise PcamflowError(f"{path}: refused to load: the archive lists a member twice")
     root = names[0].split("/", 1)[0] + "/" if names else ""
-    for name in names:
-        inner = name[len(root) :] if name.startswith(root) else name
-        if not _PROGRAM_MEMBERS.fullmatch(inner):
+    for name in names:  # all under one root folder, each a known kind of member
+        if not name.startswith(root) or not _PROGRAM_MEMBERS.fullmatch(name[len(root) :]):
             raise refuse(name, "is not part of a plain exported program (it could be loaded as code)")
+    if root + "models/model.json" not in names:
+        raise PcamflowError(f"{path}: not a torch.export archive (no models/model.json)")
+    try:
+        _check_program_members(archive, root, refuse)
+    except (KeyError, ValueError, AttributeError, TypeError):
+        raise PcamflowError(f"{path}: not a readable torch.export archive (malformed JSON member)") from None
+
+
+def _check_program_members(archive, root: str, refuse) -> None:
+    """The configs store tensors as bytes, example inputs load weights-only, the graph holds only
+    aten calls, no guard code and plain shape expressions (see check_program_archive)."""
+    import json
+
+    names = set(archive.namelist())
 
     def read(inner: str) -> bytes:
         return archive.read(root + inner)
