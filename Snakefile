@@ -13,11 +13,11 @@ report: "report/workflow.rst"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/download.smk"
-include: "rules/train.smk"
+include: "rules/training.smk"
 include: "rules/aggregate.smk"
-include: "rules/evaluate.smk"
-include: "rules/export.smk"
-include: "rules/benchmark.smk"
+include: "rules/evaluation.smk"
+include: "rules/deployment.smk"
+include: "rules/throughput.smk"
 
 
 rule all:

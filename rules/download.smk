@@ -34,7 +34,7 @@ if config["dataset"] == "pcam":
             # "(?!)" matches nothing: with every file present, the rule produces none
             raw_file="|".join(map(re.escape, MISSING_RAW)) or "(?!)",
         run:
-            from pcamflow.download import rule_main
+            from pcamflow.data.download import rule_main
 
             split, kind = MISSING_RAW[wildcards.raw_file]
             rule_main(config, output[0], log[0], split, kind)

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcamflow import aggregate
+from pcamflow import rundir
 from pcamflow.errors import PcamflowError
+from pcamflow.evaluation import aggregate
 
 GRID_KEYS = ["model", "lr", "batch_size", "optimizer"]
 
@@ -47,7 +48,7 @@ def fake_history(val_auc, best_epoch=None, epochs=3, val_loss=None, steps=4):
 
 
 def write_run(root, point, seed, history, train_time_s=12.0):
-    run_dir = root / aggregate.point_id(point, GRID_KEYS) / f"seed~{seed}"
+    run_dir = root / rundir.point_id(point, GRID_KEYS) / rundir.seed_dir(seed)
     run_dir.mkdir(parents=True)
     (run_dir / "history.json").write_text(json.dumps(history))
     (run_dir / "run.json").write_text(json.dumps({"train_time_s": train_time_s, "seed": seed}))

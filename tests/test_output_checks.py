@@ -16,7 +16,9 @@ def _must_not_run(*args, **kwargs):
 
 @pytest.mark.parametrize("command", ["train", "audit", "synth"])
 def test_an_output_under_or_at_a_file_fails_before_any_work(command, tmp_path, capsys, monkeypatch):
-    from pcamflow import audit, synth, train
+    from pcamflow.data import audit
+    from pcamflow.data import synthesize as synth
+    from pcamflow.training import train
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -8,8 +8,8 @@ import pytest
 from sklearn import metrics as skm
 from train_fixtures import write_manifest
 
-from pcamflow import slices
 from pcamflow.errors import PcamflowError
+from pcamflow.evaluation import slices
 
 
 def tiles_with_intensity(levels):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from train_fixtures import write_manifest, write_store
 
+from pcamflow.data.store import MANIFEST_FILE, array_path, store_checksum
 from pcamflow.errors import PcamflowError
-from pcamflow.evaluate import write_champion_predictions
-from pcamflow.store import MANIFEST_FILE, array_path, store_checksum
-from pcamflow.train import run_training
+from pcamflow.evaluation.evaluate import write_champion_predictions
+from pcamflow.training.train import run_training
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,9 @@
-"""Rule export: the champion's model bundle (pcamflow.export)."""
+"""Rule export: the champion's model bundle (pcamflow.deployment.export)."""
 
 import sys
 from pathlib import Path
 
-from pcamflow.export import MANIFEST_FILE, bundle_sha256, export_champion
+from pcamflow.deployment.export import MANIFEST_FILE, bundle_sha256, export_champion
 from pcamflow.smk import run_script
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from pcamflow.smk import run_script
-from pcamflow.train import make_run_config, run_training
+from pcamflow.training.train import make_run_config, run_training
 
 
 def main(smk):

@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from .errors import PcamflowError, Preempted, first_line
+from pcamflow.errors import PcamflowError, Preempted, first_line
 
 
 def run_script(snakemake, main: Callable[[object], None]) -> None:
