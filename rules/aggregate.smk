@@ -48,7 +48,7 @@ rule champion:
     params:
         grid_keys=GRID_KEYS,
         metric=config["champion"]["metric"],
-        training=config["training"],
+        training=RESULT_TRAINING,  # model sizes, for the parameter counts of ties
     script:
         "../workflow_scripts/champion.py"
 

@@ -29,7 +29,7 @@ rule benchmark:
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["benchmark"],
-        training=config["training"],
+        training=RESULT_TRAINING,
         store=PREPARED,
     script:
         "../workflow_scripts/benchmark.py"

@@ -23,7 +23,7 @@ rule train:
         last=f"{RUN_DIR}/checkpoint_last.pt",
         tensorboard=directory(f"{RUN_DIR}/tensorboard"),
     log:
-        str(LOGS / "train" / GRID_POINT / "seed~{seed}.log"),
+        TRAIN_LOG,
     benchmark:
         str(BENCHMARKS / "train" / GRID_POINT / "seed~{seed}.tsv")
     conda:
@@ -35,7 +35,8 @@ rule train:
     params:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
-        training=config["training"],
+        # operational keys (log_every, threads, ...) are read by the script: changing one reruns nothing
+        training=RESULT_TRAINING,
         # from the input, not PREPARED: Snakemake's lint wants path params derived from the files
         data=lambda wildcards, input: str(Path(input[0]).parent),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
