@@ -97,8 +97,9 @@ def run_status(root: Path, point: dict, seed: int, metric: str, controller: bool
         return RunStatus(
             seed, state, f"Slurm job {job['id']}, {job['state'].lower()}, {job['elapsed']} elapsed"
         )
+    # Snakemake makes a job's output directory when it starts it; the script then opens its log
     log = layout.train_log(root, point, seed)
-    if log.exists():
+    if run_dir.exists() or log.exists():
         if controller:
             return RunStatus(seed, "running", f"log: {log}")
         return RunStatus(seed, "interrupted", "started, no controller running; the next run resumes it")
@@ -135,7 +136,8 @@ def format_status(cfg: dict, table, notes, config_name: str) -> str:
     counts = {state: sum(run.state == state for run in runs) for state in _states_in(runs)}
     lines = [
         f"experiment {cfg['experiment']!r} ({config_name}), results in {root}/",
-        f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()),
+        f"{len(runs)} run{'s' if len(runs) != 1 else ''}: "
+        + ", ".join(f"{n} {state}" for state, n in counts.items()),
         *notes,
     ]
     for point, point_runs in table:
