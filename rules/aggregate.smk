@@ -47,7 +47,7 @@ rule champion:
     params:
         grid_keys=GRID_KEYS,
         metric=config["champion"]["metric"],
-        training=TRAINING_PARAMS,
+        training=RESULT_TRAINING,  # model sizes, for the parameter counts of ties
     script:
         "../workflow_scripts/champion.py"
 

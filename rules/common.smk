@@ -7,20 +7,34 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # envs/pcamflow.yaml installs pcamflow from here (`-e ${PCAMFLOW_ROOT}`) for `--sdm conda` jobs
 os.environ.update(PCAMFLOW_ROOT=workflow.basedir)
 
-from pcamflow import constants
-
-from pcamflow import rundir
-from pcamflow.config import GRID_KEYS, grid_points, validate_config
+from pcamflow import constants, layout, rundir
+from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
 from pcamflow.errors import PcamflowError
+from pcamflow.experiment import check_experiment, record_experiment
 
 try:
+    # --config values arrive as text inside lists and mappings: validation applies the schema's types
     config = validate_config(config)
+    # the experiment's results root: results/ (default) or results/<experiment>/
+    RESULTS = layout.results_root(config["experiment"])
+    if workflow.is_main_process:  # not again inside each job
+        # refused before any job when RESULTS holds another experiment's results (pcamflow.experiment)
+        check_experiment(config, RESULTS)
 except PcamflowError as err:
     raise WorkflowError(str(err)) from None
+
+
+onstart:
+    # the first run that starts jobs records what this experiment's results are made with
+    record_experiment(config, RESULTS)
+
 
 SPLITS = list(constants.SPLITS)
 # one directory level per grid key: results/runs/model~cnn/lr~0.001/batch_size~64/optimizer~adam/seed~42
 POINTS = grid_points(config)
+# Settings a rule's params may hold: operational keys (schema.yaml `operational: true`, such as
+# training.log_every) are read by the scripts from snakemake.config, so changing one reruns nothing.
+RESULT_TRAINING = result_settings(config, "training")
 # grid point path -> typed values, built once: a dict lookup per job keeps planning a large sweep fast
 _POINTS = {rundir.point_id(p, GRID_KEYS): p for p in POINTS}
 
@@ -42,7 +56,7 @@ wildcard_constraints:
 
 
 # ---- path patterns: every output path in the workflow is built from these ----
-RESULTS = Path("results")
+# RESULTS: the experiment's results root (above, from pcamflow.layout)
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 SYNTH_DIR = RESULTS / "data" / "synthetic"
@@ -57,9 +71,10 @@ AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
 AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
 PREPARED = RESULTS / "prepared"
 GRID_POINT = rundir.point_pattern(GRID_KEYS)  # model~{model}/lr~{lr}/...
-RUN_DIR = str(RESULTS / "runs" / GRID_POINT / rundir.seed_dir("{seed}"))
+RUN_DIR = layout.run_dir_pattern(RESULTS, GRID_KEYS)
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
-STATE_DIR = str(RESULTS / "state" / GRID_POINT / rundir.seed_dir("{seed}"))
+STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
+TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
 SUMMARY = RESULTS / "summary"
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"

@@ -48,7 +48,6 @@ rule handover:
         CONDA_ENV
     params:
         bundle_dir=BUNDLE_DIR,
-        config=config,
     script:
         "../workflow_scripts/handover.py"
 

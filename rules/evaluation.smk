@@ -31,9 +31,7 @@ rule predict_champion:
     threads: config["training"]["threads"]
     params:
         store=PREPARED,
-        tta=config["evaluate"]["tta"],
-        batch_size=config["training"]["eval_batch_size"],
-        device=config["training"]["device"],
+        tta=config["evaluate"]["tta"],  # training.eval_batch_size and .device: read by the script (operational)
     script:
         "../workflow_scripts/predict_champion.py"
 

@@ -29,7 +29,7 @@ rule throughput:
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["throughput"],
-        training=config["training"],
+        training=RESULT_TRAINING,
         store=PREPARED,
     script:
         "../workflow_scripts/throughput.py"

@@ -5,8 +5,9 @@ import re
 import pytest
 import yaml
 from conftest import REPO, snakemake
+from test_sweep_workflow import planned_outputs
 
-from pcamflow.config import grid_points, load_schema, validate_config
+from pcamflow.config import grid_points, load_schema, load_workflow_config, validate_config
 from pcamflow.errors import PcamflowError
 
 
@@ -123,3 +124,63 @@ def test_values_the_workflow_cannot_handle_are_refused_in_one_line(override, phr
     with pytest.raises(PcamflowError) as err:
         validate_config(override)
     assert phrase in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+# ---- --config overrides on the command line, as the README documents them ----
+# Snakemake hands the text inside a list or mapping over as strings (seeds='[1,2]' -> ['1', '2']);
+# the schema's types are applied before validation.
+DEFAULT_CONFIG = REPO / "config" / "config.yaml"
+DEFAULT_POINTS = 4  # config/config.yaml: 2 models x 1 lr x 1 batch size x 2 optimizers
+
+
+def planned_train_outputs(workflow_dir, *overrides) -> list[str]:
+    return planned_outputs(workflow_dir, "train", "--config", *overrides)
+
+
+def test_override_seeds(workflow_dir):
+    outputs = planned_train_outputs(workflow_dir, "seeds=[1,2]")
+    assert len(outputs) == DEFAULT_POINTS * 2
+    assert {re.search(r"/seed~(\d+)/", o)[1] for o in outputs} == {"1", "2"}
+    assert load_workflow_config(overrides=["seeds=[1,2]"], base=DEFAULT_CONFIG)["seeds"] == [1, 2]
+
+
+def test_override_grid(workflow_dir):
+    override = "grid={model: [cnn], lr: [0.001, 1e-4]}"
+    outputs = planned_train_outputs(workflow_dir, override)
+    assert len(outputs) == 2 * 2 * 3  # 2 learning rates x the config's 2 optimizers x 3 seeds
+    assert {re.search(r"/lr~([^/]+)/", o)[1] for o in outputs} == {"0.001", "0.0001"}
+    assert all("/model~cnn/" in o for o in outputs)
+    grid = load_workflow_config(overrides=[override], base=DEFAULT_CONFIG)["grid"]
+    assert grid["lr"] == [0.001, 0.0001] and grid["optimizer"] == ["adam", "sgd"]  # merged, typed
+
+
+def test_override_training(workflow_dir):
+    override = "training={epochs: 3, amp: bf16, nesterov: false, mlp_hidden: [64, 32]}"
+    assert len(planned_train_outputs(workflow_dir, override)) == DEFAULT_POINTS * 3
+    training = load_workflow_config(overrides=[override], base=DEFAULT_CONFIG)["training"]
+    assert (training["epochs"], training["amp"], training["nesterov"]) == (3, "bf16", False)
+    assert training["mlp_hidden"] == [64, 32] and training["cnn_width"] == 8  # the rest from the file
+
+
+def test_override_experiment(workflow_dir):
+    outputs = planned_train_outputs(workflow_dir, "experiment=trial")
+    assert len(outputs) == DEFAULT_POINTS * 3
+    assert all(o.startswith("results/trial/runs/model~") for o in outputs)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("seeds=[1,x]", "key 'seeds.1': 'x' is not of type 'integer'"),
+        ("grid={lr: [fast]}", "key 'grid.lr.0': 'fast' is not of type 'number'"),
+        ("training={epochs: three}", "key 'training.epochs': 'three' is not of type 'integer'"),
+        ("training={nesterov: maybe}", "key 'training.nesterov': 'maybe' is not of type 'boolean'"),
+        ("experiment=runs", "config key 'experiment': 'runs' is the name of a folder in results/"),
+    ],
+)
+def test_a_wrong_override_is_one_line_naming_the_key(workflow_dir, override, message):
+    proc = snakemake(workflow_dir, "-n", "--config", override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not (workflow_dir / "results").exists()

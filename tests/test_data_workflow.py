@@ -42,14 +42,23 @@ def test_data_rules_write_audits_and_a_clean_store(workflow_dir):
     assert len(store_checksum(workflow_dir / "results/prepared")) == 64
     assert (workflow_dir / "results/benchmarks/prepare.tsv").exists()
 
-    # block_size is a memory knob: changing it reruns nothing; a threshold reruns the audits
-    def planned(audit: str) -> str:
+    # block_size is a memory knob: changing it reruns nothing; a threshold changes what prepare
+    # keeps, so it is another experiment: refused in these results, planned under its own name
+    def planned(audit: str, *config: str, target: str = MANIFEST, check: bool = True):
         (workflow_dir / "audit.yaml").write_text(f"audit: {audit}\n")
-        args = ("-n", MANIFEST, "--cores", "2", "--configfile", "config/test.yaml", "audit.yaml")
-        return snakemake(workflow_dir, *args).stdout
+        args = ("-n", target, "--cores", "2", "--configfile", "config/test.yaml", "audit.yaml", *config)
+        return snakemake(workflow_dir, *args, check=check)
 
-    assert "rule audit:" not in planned("{block_size: 7}")
-    assert "rule audit:" in planned("{black_max: 11}")
+    assert "rule audit:" not in planned("{block_size: 7}").stdout
+    refused = planned("{black_max: 11}", check=False)
+    assert (
+        refused.returncode != 0
+        and "audit.black_max=10, this config has audit.black_max=11" in refused.stdout + refused.stderr
+    )
+    other = planned(
+        "{black_max: 11}", "--config", "experiment=black11", target="results/black11/prepared/manifest.json"
+    ).stdout
+    assert "rule audit:" in other and "results/black11/audit/train.json" in other
 
 
 @pytest.mark.slow

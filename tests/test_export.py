@@ -214,7 +214,7 @@ def test_the_shipped_bundle_carries_no_local_path_and_no_credential(tmp_path):
         "dataset": "pcam",
         "download": {"base_url": f"https://alice:{secret}@data.example.org/pcam?sig={secret}"},
     }
-    tar_path = tmp_path / "bundle.tar.gz"
+    tar_path = tmp_path / "handover.tar.gz"
     write_handover(tar_path, bundle, config, run_json)
 
     blobs = [gzip.decompress(tar_path.read_bytes())]

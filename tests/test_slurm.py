@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,3 +256,41 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
     assert attempts[-1]["State"] == "COMPLETED"
     assert read_json(run_dir(slurm_wf, "cnn", 1) / "run.json")["resumed_from"], "did not resume"
     assert_same_training(run_dir(local_wf, "cnn", 1), run_dir(slurm_wf, "cnn", 1))
+
+
+def test_status_names_the_slurm_job_of_each_running_training_run(slurm_env, tmp_path):
+    """`pcamflow status` beside a controller that trains through Slurm: squeue's job id and elapsed time."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config.update(
+        seeds=[1], grid={"model": ["cnn"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]}
+    )
+    config["training"]["epochs"] = 6  # long enough to be seen running
+    wf = make_workflow_copy(tmp_path / "wf")
+    (wf / "status.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # grid order = path order
+    snakemake(wf, "--cores", "2", "--configfile", "status.yaml", "--", "results/prepared/manifest.json")
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/snellius", *ONE_THREAD, *FAST_POLLING]
+    cmd += ["--configfile", "status.yaml", "--", history_target("cnn", 1)]
+    controller = subprocess.Popen(
+        cmd, cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        seen = shown = None
+        while controller.poll() is None:  # the last sighting shows the longest elapsed time
+            out = pcamflow("status", "--config", "status.yaml", cwd=wf).stdout
+            running = re.search(r"^  seed 1 +running +Slurm job (\d+), running, (\S+) elapsed$", out, re.M)
+            seen, shown = (running, out) if running else (seen, shown)
+            time.sleep(1)
+        output = controller.communicate(timeout=600)[0]
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+    assert controller.returncode == 0, output
+    assert seen, f"status never showed the training job running:\n{out}"
+    print(shown)  # for the record (pytest -s)
+    assert "1 run: 1 running" in shown
+    (job,) = slurm_env.sacct([seen[1]])
+    assert job["Comment"] == "rule_train_wildcards_cnn_0.001_32_adam_1"
+    assert re.fullmatch(r"(\d+-)?(\d+:)?\d+:\d\d", seen[2])  # squeue's time used
+    final = pcamflow("status", "--config", "status.yaml", cwd=wf).stdout
+    assert re.search(r"^  seed 1 +done +val_auc \d\.\d{4} \(epoch \d\)$", final, re.M), final

@@ -9,7 +9,9 @@ from pcamflow.smk import run_script
 
 def main(smk):
     deployed_run = Path(read_json(smk.input.champion)["deploy"]["run_dir"])
-    write_handover(smk.output[0], smk.params.bundle_dir, dict(smk.params.config), deployed_run / "run.json")
+    # the resolved config from snakemake.config, not a param: an operational key's change reruns nothing
+    config = dict(smk.config)
+    write_handover(smk.output[0], smk.params.bundle_dir, config, deployed_run / "run.json")
 
 
 run_script(snakemake, main)

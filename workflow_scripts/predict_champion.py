@@ -13,8 +13,9 @@ def main(smk):
         smk.params.store,
         smk.output[0],
         tta=smk.params.tta,
-        batch_size=smk.params.batch_size,
-        device=smk.params.device,
+        # operational keys, not params: changing one reruns nothing
+        batch_size=smk.config["training"]["eval_batch_size"],
+        device=smk.config["training"]["device"],
     )
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "download": ("pcamflow.data.download", "cli_main"),
     "cost": ("pcamflow.throughput.cost", "cli_main"),
     "predict": ("pcamflow.deployment.predict", "cli_main"),
+    "status": ("pcamflow.status", "cli_main"),
 }
 
 
@@ -152,6 +153,27 @@ def _predict(sub):
     )
 
 
+def _status(sub):
+    p = sub.add_parser(
+        "status",
+        help="where a sweep stands: each run done, running, failed or pending",
+        description="Read-only (no Snakemake lock): safe beside a running workflow. Run it from the "
+        "repository root with the config files and overrides you gave snakemake.",
+    )
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="FILE",
+        help="config file layered over config/config.yaml, as snakemake --configfile (repeatable)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an override as snakemake --config KEY=VALUE, e.g. --set experiment=pcam (repeatable)",
+    )
+
+
 _PARSERS = {
     "synth": _synth,
     "audit": _audit,
@@ -161,6 +183,7 @@ _PARSERS = {
     "download": _download,
     "cost": _cost,
     "predict": _predict,
+    "status": _status,
 }
 
 

@@ -77,6 +77,7 @@ def validate(cfg: dict, schema: dict | None = None, source: str = "config") -> d
 def validate_config(cfg: dict, source: str = "config", *, workflow: bool = True) -> dict:
     """workflow=False skips the checks that concern a workflow run (data_dir, batch sizes against
     the train split), for a command that uses one section with the other defaults."""
+    cfg = coerce_to_schema(cfg, load_schema())
     cfg = validate(cfg, source=source)
     # rules between keys, which the schema cannot state: checked here so they fail before any job
     problem = slice_thresholds_problem(cfg["slices"]["dark"], cfg["slices"]["bright"])
@@ -123,6 +124,115 @@ def validate_training(settings: dict, source: str = "training") -> dict:
     schema = load_schema()
     sub = dict(schema["$defs"]["training"], **{"$defs": schema["$defs"]})
     return validate(settings, sub, source)
+
+
+def coerce_to_schema(value, schema: dict, root: dict | None = None):
+    """`value` with text turned into the type the schema expects where it reads as one.
+
+    Snakemake hands `--config` values over as text inside lists and mappings (seeds='[1,2]' gives
+    ['1', '2']; training='{epochs: 3}' gives {'epochs': '3'}), so each text is read as YAML (numbers
+    also in forms YAML 1.1 keeps as text, such as 1e-3) where the schema wants a number, boolean,
+    list or mapping. Anything that does not read as the wanted type is left for validation to name.
+    """
+    root = root or schema
+    if "$ref" in schema:
+        schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    wanted = schema.get("type")
+    if isinstance(value, str) and wanted not in (None, "string"):
+        value = _read_text_as(value, wanted)
+    if wanted == "array" and isinstance(value, list) and "items" in schema:
+        return [coerce_to_schema(item, schema["items"], root) for item in value]
+    if wanted == "object" and isinstance(value, dict):
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            key: coerce_to_schema(item, properties.get(key, extra if isinstance(extra, dict) else {}), root)
+            for key, item in value.items()
+        }
+    return value
+
+
+def _read_text_as(text: str, wanted: str):
+    if wanted in ("integer", "number"):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if wanted == "integer" and number.is_integer() else number
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    expected = {"boolean": bool, "array": list, "object": dict}.get(wanted)
+    return parsed if expected and isinstance(parsed, expected) else text
+
+
+def operational_keys(schema: dict | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of the keys marked `operational: true` in the schema (they cannot change a result)."""
+    schema = schema or load_schema()
+    found = []
+    for name, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = load_schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+        if sub.get("operational"):
+            found.append(prefix + name)
+        found += operational_keys(sub, f"{prefix}{name}.")
+    return found
+
+
+def result_settings(cfg: dict, section: str) -> dict:
+    """A config section without its operational keys: what a rule's params may hold, so that changing
+    an operational key (training.log_every, ...) reruns nothing."""
+    operational = {key.split(".", 1)[1] for key in operational_keys() if key.startswith(f"{section}.")}
+    return {key: value for key, value in cfg[section].items() if key not in operational}
+
+
+def operational_settings(cfg: dict, section: str) -> dict:
+    """The operational keys of a config section (scripts read them from snakemake.config)."""
+    kept = result_settings(cfg, section)
+    return {key: value for key, value in cfg[section].items() if key not in kept}
+
+
+def merge_config(base: dict, update: dict) -> dict:
+    """`base` updated key by key with `update`, mappings merged recursively (as Snakemake layers
+    --configfile and --config over the Snakefile's configfile)."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_override(text: str) -> dict:
+    """One `KEY=VALUE` as Snakemake's --config reads it (VALUE as YAML text; schema types come later)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise PcamflowError(f"override {text!r}: expected KEY=VALUE, e.g. seeds='[1,2]'")
+    try:
+        parsed = yaml.load(value, Loader=yaml.BaseLoader) if value else None
+    except yaml.YAMLError:
+        parsed = value
+    return {key: parsed}
+
+
+def load_workflow_config(
+    files: list[str | os.PathLike] = (), overrides: list[str] = (), base: str | os.PathLike | None = None
+) -> dict:
+    """The config a workflow run sees: the Snakefile's config/config.yaml, then each --configfile,
+    then each --config KEY=VALUE, validated with defaults filled in."""
+    cfg = load_yaml(base) if base is not None and Path(base).exists() else {}
+    for path in files:
+        cfg = merge_config(cfg, load_yaml(path))
+    for text in overrides:
+        cfg = merge_config(cfg, parse_override(text))
+    source = str(files[-1]) if files else "config"
+    return validate_config(cfg, source=source)
 
 
 def describe_error(error: jsonschema.ValidationError) -> str:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
-from pcamflow.config import GRID_KEYS, load_schema, load_yaml, validate
+from pcamflow.config import GRID_KEYS, load_schema, load_yaml, operational_keys, validate
 from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident, predict_logits
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import load_split, load_stats, store_files, verify_store
@@ -62,16 +62,10 @@ from pcamflow.training.models import build_model
 
 log = logging.getLogger("pcamflow.training.train")
 
-# Training settings that do not change what is learned: a checkpoint written under other values
-# of these (another device, thread count or logging cadence) still resumes.
-OPERATIONAL_KEYS = (
-    "log_every",
-    "checkpoint_minutes",
-    "checkpoint_every_steps",
-    "device",
-    "threads",
-    "device_resident",
-)
+# Training settings that do not change what is learned (schema.yaml `operational: true`): a
+# checkpoint written under other values of these (another device, thread count or logging cadence)
+# still resumes.
+OPERATIONAL_KEYS = tuple(key.split(".", 1)[1] for key in operational_keys() if key.startswith("training."))
 
 
 # ---------------------------------------------------------------- run config
