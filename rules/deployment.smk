@@ -1,6 +1,7 @@
 # Export stage: the champion's model bundle (deployed checkpoint, validation threshold, drift
 # reference, model card, checksums) and the offline handover tarball.
-# Library: pcamflow.deployment.export. Path patterns: rules/common.smk.
+# Library: pcamflow.deployment.export (bundle, rule export), .model_card (MODEL_CARD.md),
+# .handover (rule handover); text from src/pcamflow/deployment/templates/. Path patterns: rules/common.smk.
 from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE
 
 

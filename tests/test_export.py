@@ -204,7 +204,7 @@ def test_the_shipped_bundle_carries_no_local_path_and_no_credential(tmp_path):
     import zipfile
     from pathlib import Path as P
 
-    from pcamflow.deployment.export import write_handover
+    from pcamflow.deployment.handover import write_handover
 
     bundle = make_bundle(tmp_path / "model")
     run_json = tmp_path / "run.json"

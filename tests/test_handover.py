@@ -14,15 +14,8 @@ import pytest
 from bundle_fixtures import make_bundle
 from conftest import pcamflow, snakemake
 
-from pcamflow.deployment.export import (
-    BUNDLE_FILES,
-    CARD_FILE,
-    HANDOVER_ROOT,
-    LOCK_FILE,
-    META_FILE,
-    load_bundle,
-    write_handover,
-)
+from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE, META_FILE, load_bundle
+from pcamflow.deployment.handover import HANDOVER_ROOT, LOCK_FILE, write_handover
 from pcamflow.errors import PcamflowError
 
 EXPECTED_MEMBERS = {

@@ -68,3 +68,47 @@ def test_conda_environment_installs_pcamflow_from_the_workflow(tmp_path):
         import_pcamflow, capture_output=True, text=True, env=clean, cwd=tmp_path, check=True
     )
     assert Path(found.stdout).resolve() == (REPO / "src" / "pcamflow" / "__init__.py").resolve()
+
+
+def test_wheel_ships_every_data_file_of_the_package(tmp_path):
+    """A non-editable install (a wheel) holds the config schema and the text templates, not only the code."""
+    import shutil
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    for part in ("src", "pyproject.toml", "README.md"):
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / part, source / part)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            "dist",
+            ".",
+        ],
+        cwd=source,
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = (source / "dist").glob("pcamflow-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    package = REPO / "src"
+    data = {
+        path.relative_to(package).as_posix()
+        for path in (package / "pcamflow").rglob("*")
+        if path.is_file() and path.suffix != ".py" and "__pycache__" not in path.parts  # caches: numba's too
+    }
+    assert {
+        "pcamflow/deployment/templates/model_card.md.j2",
+        "pcamflow/deployment/templates/handover_readme.md.j2",
+    } <= data
+    assert data <= shipped, f"not in the wheel: {sorted(data - shipped)}"

@@ -1,8 +1,8 @@
-"""Rule handover: results/handover.tar.gz for an offline handover (pcamflow.deployment.export.write_handover)."""
+"""Rule handover: results/handover.tar.gz for an offline handover (pcamflow.deployment.handover)."""
 
 from pathlib import Path
 
-from pcamflow.deployment.export import write_handover
+from pcamflow.deployment.handover import write_handover
 from pcamflow.io import read_json
 from pcamflow.smk import run_script
 

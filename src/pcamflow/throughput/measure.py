@@ -329,12 +329,18 @@ def measure_train(spec: BenchSpec) -> Measurement:
     settings = _training_settings(spec)
     trainer.configure_determinism(settings["deterministic"])
     loader = _loader(spec, settings)
-    run = _bench_run(spec, settings, loader)
-    batches = pipeline_batches(loader, _transform(spec, settings), train=True, generator=run.augment_rng)
-    run.model.train()
+    parts = trainer.build_step_parts(
+        _model(spec, settings).train(),
+        settings,
+        device=torch.device(spec.device),
+        optimizer=BENCH_OPTIMIZER,
+        lr=BENCH_LR,
+        steps_per_epoch=len(loader),
+    )
+    batches = pipeline_batches(loader, _transform(spec, settings), train=True)
     return timed_steps(
         batches,
-        lambda batch: trainer.train_step(run, batch[0], batch[1], False),
+        lambda batch: trainer.train_step(parts, batch[0], batch[1], False),
         warmup=spec.warmup,
         steps=spec.steps,
         device=spec.device,
@@ -403,37 +409,6 @@ def _model(spec: BenchSpec, settings: dict) -> torch.nn.Module:
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     return model
-
-
-def _bench_run(spec: BenchSpec, settings: dict, loader: BatchLoader) -> trainer.Run:
-    """The parts of a training run that `train.train_step` uses, without the validation split,
-    the resume state or the store's checksum (none of them is timed). Its transform is a
-    stand-in: the bench transforms each batch in `pipeline_batches`, inside the input time."""
-    model = _model(spec, settings)
-    optimizer = trainer.build_optimizer(model, BENCH_OPTIMIZER, BENCH_LR, settings)
-    return trainer.Run(
-        cfg={},
-        settings=settings,
-        device=torch.device(spec.device),
-        model=model,
-        optimizer=optimizer,
-        scheduler=trainer.build_scheduler(optimizer, settings, len(loader)),
-        scaler=torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None,
-        loader=loader,
-        transform=_AlreadyTransformed(),
-        augment_rng=torch.Generator().manual_seed(BENCH_SEED),
-        valid=None,
-        stats={},
-        state_dir=Path(),
-        data_checksum="",
-    )
-
-
-class _AlreadyTransformed:
-    """Stands in for a run's BatchTransform when the bench has transformed the batch already."""
-
-    def to_input(self, x: torch.Tensor, *, train: bool, generator=None) -> torch.Tensor:
-        return x
 
 
 # ---- a partition's matrix (the rule `throughput`) ----

@@ -38,7 +38,7 @@ from pcamflow import metrics, provenance
 from pcamflow.config import GRID_KEYS, load_schema, load_yaml, operational_keys, validate
 from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident, predict_logits
 from pcamflow.data.staging import stage_prepared
-from pcamflow.data.store import load_split, load_stats, store_files, verify_store
+from pcamflow.data.store import Split, load_split, load_stats, store_files, verify_store
 from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted, check_output_dir
 from pcamflow.io import atomic_dir, atomic_path, now_iso, write_csv, write_json
 from pcamflow.rundir import (
@@ -230,24 +230,60 @@ def global_grad_norm(parameters) -> torch.Tensor:
 
 
 @dataclasses.dataclass
+class StepParts:
+    """What one optimizer step (`train_step`) uses: a run holds them, and the throughput bench
+    builds them alone to time training steps."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    device: torch.device
+    amp: str  # training.amp
+    grad_clip: float  # training.grad_clip; 0 is off
+
+
+def build_step_parts(
+    model: torch.nn.Module,
+    settings: dict,
+    *,
+    device: torch.device,
+    optimizer: str,
+    lr: float,
+    steps_per_epoch: int,
+) -> StepParts:
+    """The optimizer, learning-rate schedule and loss scaler of `model` (already on `device`) for
+    the training `settings`."""
+    built = build_optimizer(model, optimizer, lr, settings)
+    return StepParts(
+        model=model,
+        optimizer=built,
+        scheduler=build_scheduler(built, settings, steps_per_epoch),
+        scaler=torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None,
+        device=device,
+        amp=settings["amp"],
+        grad_clip=settings["grad_clip"],
+    )
+
+
+@dataclasses.dataclass
 class Run:
     """Everything a run trains with (built once; restored from a checkpoint on resume)."""
 
     cfg: dict
     settings: dict
-    device: torch.device
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
+    parts: StepParts  # model, optimizer, schedule, scaler
     loader: BatchLoader
     transform: BatchTransform
     augment_rng: torch.Generator
-    # what a full run adds (the benchmark builds a Run without them)
-    valid: object = None  # pcamflow.data.store.Split
-    stats: dict = dataclasses.field(default_factory=dict)
-    state_dir: Path = Path("state")
-    data_checksum: str = ""
+    valid: Split
+    stats: dict
+    state_dir: Path
+    data_checksum: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts.device
 
 
 @dataclasses.dataclass
@@ -293,15 +329,17 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         resident=resident,
         lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
-    optimizer = build_optimizer(model, cfg["optimizer"], cfg["lr"], settings)
     return Run(
         cfg=cfg,
         settings=settings,
-        device=device,
-        model=model,
-        optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, settings, len(loader)),
-        scaler=torch.amp.GradScaler("cuda") if settings["amp"] == "fp16" else None,
+        parts=build_step_parts(
+            model,
+            settings,
+            device=device,
+            optimizer=cfg["optimizer"],
+            lr=cfg["lr"],
+            steps_per_epoch=len(loader),
+        ),
         loader=loader,
         transform=BatchTransform(
             stats,
@@ -323,10 +361,10 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
 
 def full_state(run: Run, progress: Progress) -> dict:
     return {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler else {},
+        "model": run.parts.model.state_dict(),
+        "optimizer": run.parts.optimizer.state_dict(),
+        "scheduler": run.parts.scheduler.state_dict(),
+        "scaler": run.parts.scaler.state_dict() if run.parts.scaler else {},
         "epoch": progress.epoch,
         "step": progress.step,
         "loader": run.loader.state_dict(),
@@ -348,11 +386,11 @@ def save_resume_state(run: Run, progress: Progress, why: str) -> None:
 
 
 def restore(run: Run, state: dict) -> Progress:
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler and state["scaler"]:
-        run.scaler.load_state_dict(state["scaler"])
+    run.parts.model.load_state_dict(state["model"])
+    run.parts.optimizer.load_state_dict(state["optimizer"])
+    run.parts.scheduler.load_state_dict(state["scheduler"])
+    if run.parts.scaler and state["scaler"]:
+        run.parts.scaler.load_state_dict(state["scaler"])
     run.loader.load_state_dict(state["loader"])
     run.augment_rng.set_state(state["augment_rng"])
     restore_rng_state(state["rng"])
@@ -509,30 +547,29 @@ class StepMonitor:
 # ---------------------------------------------------------------- training and evaluation
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, measure_norm: bool):
-    """One optimizer step; returns (loss, global grad norm before clipping or None) as device tensors."""
-    settings = run.settings
-    inputs = run.transform.to_input(x, train=True, generator=run.augment_rng)
-    with autocast(run.device, settings["amp"]):
-        logits = run.model(inputs)
+def train_step(parts: StepParts, inputs: torch.Tensor, y: torch.Tensor, measure_norm: bool):
+    """One optimizer step on a batch of model inputs (`BatchTransform.to_input`'s output); returns
+    (loss, global grad norm before clipping or None) as device tensors."""
+    with autocast(parts.device, parts.amp):
+        logits = parts.model(inputs)
     loss = F.cross_entropy(logits.float(), y)
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.scaler:
-        run.scaler.scale(loss).backward()
-        run.scaler.unscale_(run.optimizer)
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.scaler:
+        parts.scaler.scale(loss).backward()
+        parts.scaler.unscale_(parts.optimizer)
     else:
         loss.backward()
     norm = None
-    if settings["grad_clip"] > 0:
-        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), settings["grad_clip"], foreach=True)
+    if parts.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), parts.grad_clip, foreach=True)
     elif measure_norm:
-        norm = global_grad_norm(run.model.parameters())
-    if run.scaler:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
+        norm = global_grad_norm(parts.model.parameters())
+    if parts.scaler:
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
     else:
-        run.optimizer.step()
-    run.scheduler.step()
+        parts.optimizer.step()
+    parts.scheduler.step()
     return loss.detach(), norm
 
 
@@ -540,10 +577,10 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
     """Train the rest of the current epoch (all of it unless resumed mid-epoch); checkpoint on the way."""
     settings = run.settings
     epoch = progress.epoch + 1
-    run.model.train()
+    run.parts.model.train()
     monitor.start_epoch(epoch, len(run.loader), run.loader.position)
     last_checkpoint = time.monotonic()
-    lr = run.optimizer.param_groups[0]["lr"]
+    lr = run.parts.optimizer.param_groups[0]["lr"]
     tick = time.perf_counter()
     batches = iter(run.loader)
     while True:
@@ -553,10 +590,11 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
             break
         x, y = batch
         data_s = time.perf_counter() - fetch
-        lr = run.optimizer.param_groups[0]["lr"]
+        lr = run.parts.optimizer.param_groups[0]["lr"]
         step = progress.step + 1
         measure = step % settings["grad_norm_every"] == 0
-        loss, norm = train_step(run, x, y, measure)
+        inputs = run.transform.to_input(x, train=True, generator=run.augment_rng)
+        loss, norm = train_step(run.parts, inputs, y, measure)
         progress.step = step
         progress.loss_sum += loss.double() * len(y)
         progress.seen += len(y)
@@ -672,7 +710,7 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
             record = train_one_epoch(run, progress, monitor, stop)
             started = time.perf_counter()
             scores = validation_scores(
-                run.model,
+                run.parts.model,
                 run.valid,
                 run.stats,
                 device=run.device,
@@ -719,7 +757,7 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
 def best_state(run: Run, progress: Progress, scores: dict) -> dict:
     """What checkpoint_best.pt holds: the weights and what they are (enough for load_model)."""
     return {
-        "model": run.model.state_dict(),
+        "model": run.parts.model.state_dict(),
         "run_config": run.cfg,
         "epoch": progress.epoch,
         "step": progress.step,
