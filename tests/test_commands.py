@@ -87,7 +87,11 @@ def test_the_readme_commands_work_as_typed(repo_root):
     assert (repo_root / "results/summary/metrics_avg.csv").exists()
     assert not (repo_root / "results/summary/champion.json").exists()
     typed(repo_root)
-    for output in ("results/summary/champion.json", "results/summary/evaluate.json", "results/handover.tar.gz"):
+    for output in (
+        "results/summary/champion.json",
+        "results/summary/evaluate.json",
+        "results/handover.tar.gz",
+    ):
         assert (repo_root / output).exists(), output
     assert "Nothing to be done" in typed(repo_root, "-n").stdout
     typed(repo_root, "--report")

@@ -32,6 +32,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pcamflow import constants
+from pcamflow.deployment.bundle_files import (  # noqa: F401 (re-exported: the bundle's file names)
+    BUNDLE_FILES,
+    BUNDLE_FORMAT,
+    CARD_FILE,
+    DRIFT_FILE,
+    MANIFEST_FILE,
+    META_FILE,
+    MODEL_FILE,
+)
+from pcamflow.deployment.model_card import model_card
 from pcamflow.errors import PcamflowError
 from pcamflow.io import atomic_path, read_json, sha256sum, write_json, write_text
 from pcamflow.rundir import RUN_INFO
@@ -41,13 +51,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the Snakefile imports t
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FORMAT = 1
-MODEL_FILE = "model.pt2"
-META_FILE = "bundle.json"
-DRIFT_FILE = "drift_reference.json"
-CARD_FILE = "MODEL_CARD.md"
-MANIFEST_FILE = "manifest.json"
-BUNDLE_FILES = (MODEL_FILE, META_FILE, DRIFT_FILE, CARD_FILE, MANIFEST_FILE)
 MAX_BATCH = 1 << 16  # largest batch the exported program accepts
 
 
@@ -408,7 +411,6 @@ def export_champion(
     import pandas as pd
 
     from pcamflow.data.store import load_stats, verify_store
-    from pcamflow.deployment.model_card import model_card
     from pcamflow.io import now_iso
     from pcamflow.training.checkpoint import load_model
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from pcamflow.deployment.export import DRIFT_FILE, MANIFEST_FILE, META_FILE, MODEL_FILE
+from pcamflow.deployment.bundle_files import DRIFT_FILE, MANIFEST_FILE, META_FILE, MODEL_FILE
 from pcamflow.deployment.render import render_template
 
 TEMPLATE = "model_card.md.j2"
