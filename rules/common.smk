@@ -11,6 +11,7 @@ from snakemake.utils import Paramspace
 from pcamflow import constants
 from pcamflow.config import grid_points, validate_config
 from pcamflow.errors import PcamflowError
+from pcamflow.runstatus import ATTEMPTS_ENV
 
 try:
     config = validate_config(config)
@@ -60,12 +61,15 @@ GRID_POINT = PARAMSPACE.wildcard_pattern  # model~{model}/lr~{lr}/...
 RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
 STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
+# live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
+TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / "seed~{seed}")
 RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
 SUMMARY = RESULTS / "summary"
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluate.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
 METRICS_AVG = SUMMARY / "metrics_avg.csv"
 METRICS_AVG_HTML = SUMMARY / "metrics_avg.html"
+FAILED_RUNS = SUMMARY / "failed_runs.txt"
 CHAMPION_JSON = SUMMARY / "champion.json"
 PARALLEL_PLOT = SUMMARY / "parallel_coordinates.png"
 EPOCH_CURVES = str(SUMMARY / "curves" / GRID_POINT / "epochs.png")
@@ -99,6 +103,18 @@ def input_mb(input):
     """Size of a job's existing input files in MB (plain stat calls: `input.size_mb` is async in
     Snakemake 9 and warns when evaluated outside a job, e.g. by --report)."""
     return sum(os.path.getsize(f) for f in input if os.path.exists(f)) / 2**20
+
+
+def train_attempts(wildcards):
+    """How many attempts a training job gets (Snakemake's retries + 1): on its last one a run that
+    fails is recorded as failed and the sweep goes on. Jobs that Snakemake starts in another process
+    (a Slurm job) are told `--retries 0`, so the controller hands its count on in the environment
+    (sbatch exports it)."""
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return int(os.environ.get(ATTEMPTS_ENV, "1"))
+    attempts = workflow.execution_settings.retries + 1
+    os.environ[ATTEMPTS_ENV] = str(attempts)
+    return attempts
 
 
 def raw_files(split):

@@ -38,6 +38,14 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def plot_message(text: str, path: str | os.PathLike) -> None:
+    """A figure that only says why there is nothing to plot (e.g. every seed of a grid point failed)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    save_figure(fig, path)
+
+
 def epoch_frame(histories: Mapping[int, dict]) -> pd.DataFrame:
     """All seeds' epoch records in one frame with a `seed` column."""
     return pd.DataFrame([dict(e, seed=seed) for seed, h in histories.items() for e in h["epochs"]])
