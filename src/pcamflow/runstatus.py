@@ -133,11 +133,10 @@ def _saved_progress(path: Path) -> dict:
     if not path.exists():
         return {}
     from .checkpoint import load_checkpoint
-    from .errors import PcamflowError
 
     try:
         state = load_checkpoint(path)
-    except PcamflowError:
+    except Exception:  # noqa: BLE001 - a damaged state must not stop the failure from being recorded
         return {}
     progress = state.get("progress", {})
     return {

@@ -870,10 +870,12 @@ def run_training(
 
 
 def cli_main(args) -> int:
-    """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR]`."""
+    """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR] [--live-dir DIR]`."""
     run_config = load_yaml(args.config)
     try:
-        summary = run_training(run_config, args.out, getattr(args, "state_dir", None))
+        summary = run_training(
+            run_config, args.out, getattr(args, "state_dir", None), getattr(args, "live_dir", None)
+        )
     except Preempted as stop:
         log.warning("pcamflow train: %s", stop)
         return stop.exit_code
