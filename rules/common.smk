@@ -84,6 +84,7 @@ CONFUSION_PLOT = EVALUATION / "confusion.png"
 ROC_PR_PLOT = EVALUATION / "roc_pr.png"
 SLICES_CSV = SUMMARY / "slices.csv"
 SLICES_HTML = SUMMARY / "slices.html"
+SLICES_HISTOGRAM = EVALUATION / "intensity_histogram.png"
 GALLERY_FN = EVALUATION / "false_negatives.png"
 GALLERY_FP = EVALUATION / "false_positives.png"
 REPRO_JSON = SUMMARY / "reproducibility.json"
@@ -93,6 +94,10 @@ REPRO_STATE = RESULTS / "state" / "reproducibility"
 # the champion's model bundle and the offline handover tarball (rules/export.smk)
 BUNDLE_DIR = RESULTS / "bundle" / "model"
 BUNDLE_TAR = RESULTS / "bundle.tar.gz"
+# the answer first: the report's first page (report/workflow.rst includes the .rst) and the last lines
+OVERVIEW_RST = SUMMARY / "overview.rst"
+OVERVIEW_HTML = SUMMARY / "overview.html"
+OVERVIEW_TXT = SUMMARY / "overview.txt"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
@@ -112,7 +117,8 @@ def train_attempts(wildcards):
     (sbatch exports it)."""
     if workflow.remote_exec or workflow.subprocess_exec:
         return int(os.environ.get(ATTEMPTS_ENV, "1"))
-    attempts = workflow.execution_settings.retries + 1
+    settings = workflow.execution_settings  # None when nothing runs (--report, --summary)
+    attempts = (settings.retries if settings is not None else 0) + 1
     os.environ[ATTEMPTS_ENV] = str(attempts)
     return attempts
 

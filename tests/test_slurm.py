@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
@@ -33,7 +34,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SLURM_TESTS = REPO / "tests" / "slurm"
 ACCOUNT = "pcamflow"  # start_cluster.sh registers it
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
-SACCT_FIELDS = "JobID,Comment,Partition,Account,State,Elapsed,Timelimit,AllocTRES"
+SACCT_FIELDS = "JobID,Comment,Partition,Account,State,Elapsed,Timelimit,AllocTRES,NodeList"
 # Faster than the profile's 40 s before the first status check; Slurm itself is untouched.
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
 # A 2-core machine cannot give a job 18 threads; every other setting is the profile's.
@@ -170,6 +171,13 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
 
     for seed in (1, 2):
         assert_same_training(run_dir(local_wf, "cnn", seed), run_dir(slurm_wf, "cnn", seed))
+    # throughput rows name the Slurm job and node they were measured in (blank outside Slurm)
+    (bench_job,) = [j for j in jobs if rule_of(j["Comment"], profile["groups"]) == "benchmark"]
+    slurm_rows = pd.read_csv(slurm_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
+    local_rows = pd.read_csv(local_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
+    assert set(slurm_rows["slurm_job_id"]) == {bench_job["JobID"]}
+    assert set(slurm_rows["node"]) == {bench_job["NodeList"]} and all(slurm_rows["device_model"])
+    assert set(local_rows["slurm_job_id"]) == set(local_rows["node"]) == {""}
     manifest = Path("results/prepared/manifest.json")
     assert read_json(slurm_wf / manifest)["checksum"] == read_json(local_wf / manifest)["checksum"]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import provenance
 from . import train as trainer
 from .config import validate_training
 from .errors import PcamflowError, check_output_file, first_line
@@ -50,7 +51,8 @@ BENCH_OPTIMIZER, BENCH_LR = "adam", 1e-3  # the step's cost hardly depends on th
 # img_per_s = images / seconds over the timed steps (wall clock); cpu_seconds is this process's
 # CPU time then (the naive loader's workers not included); data_time_s is the part of `seconds`
 # spent waiting for the next input batch; peak_rss_mb is this process's peak during the row;
-# status is ok, oom, skipped (not measured: message says why) or error.
+# status is ok, oom, skipped (not measured: message says why) or error. slurm_job_id and node
+# (SLURMD_NODENAME) are blank outside Slurm; device_model is the CPU or GPU model.
 COLUMNS = (
     "partition",
     "mode",
@@ -72,6 +74,9 @@ COLUMNS = (
     "status",
     "message",
     "hostname",
+    "slurm_job_id",
+    "node",
+    "device_model",
     "torch_version",
     "timestamp",
 )
@@ -200,6 +205,10 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
         status=status,
         message=message,
         hostname=platform.node(),
+        # the journal's "partition / node type / job id" table: job and node blank outside Slurm
+        slurm_job_id=provenance.slurm_job_id(),
+        node=os.environ.get("SLURMD_NODENAME"),
+        device_model=provenance.device_model(spec.device),
         torch_version=torch.__version__,
         timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     )

@@ -227,6 +227,32 @@ def plot_gallery(
     save_figure(fig, path)
 
 
+def plot_intensity_histogram(
+    intensity: np.ndarray, y: np.ndarray, dark: float, bright: float, title: str, path: str | os.PathLike
+) -> None:
+    """Histogram of per-tile mean intensity (0..1) by class, with the dark and bright slice thresholds
+    drawn and the number of tiles in each slice written beside them."""
+    y = np.asarray(y).astype(bool)
+    bins = np.linspace(0.0, 1.0, 51)
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    ax.hist([intensity[~y], intensity[y]], bins=bins, stacked=True, label=["negative", "positive"])
+    top = ax.get_ylim()[1]
+    for x, name in ((dark, "dark"), (bright, "bright")):
+        ax.axvline(x, color="black", ls="--", lw=1.2)
+        ax.text(x, top * 0.97, f" {name} {x:g}", va="top", ha="left", fontsize=8)
+    counts = {
+        "dark": int((intensity < dark).sum()),
+        "middle": int(((intensity >= dark) & (intensity <= bright)).sum()),
+        "bright": int((intensity > bright).sum()),
+    }
+    ax.set_xlabel("mean intensity of the tile (fraction of full scale)")
+    ax.set_ylabel("tiles")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title}\n" + ", ".join(f"{k} {v}" for k, v in counts.items()), fontsize=9)
+    save_figure(fig, path)
+
+
 def html_table(frame: pd.DataFrame, title: str, path: str | os.PathLike, notes: Sequence[str] = ()) -> None:
     """A small self-contained HTML page with one table (shown inline by the Snakemake report)."""
     body = frame.to_html(index=False, na_rep="", escape=True, border=0, classes="pcamflow")
