@@ -79,6 +79,7 @@ def overview_rows(
     runs: pd.DataFrame,
     audits: Mapping[str, Mapping],
     cross: Mapping,
+    failed_list: str = "results/summary/failed_runs.txt",
 ) -> list[dict]:
     """The overview table: one dict per row with `what`, `result`, `beside` and `details` (the report
     result that holds the details, by file name)."""
@@ -110,7 +111,11 @@ def overview_rows(
         {
             "what": "failed runs",
             "result": f"{len(failed)} of {len(runs)}",
-            "beside": "left out of every mean; retry: see the README" if len(failed) else "every run trained",
+            "beside": (
+                f"left out of the results; retry them: {retry_command(failed_list)}"
+                if len(failed)
+                else "every run trained"
+            ),
             "details": "runs.csv",
         }
     )
@@ -225,7 +230,7 @@ def write_overview(
     champion, evaluation = read_json(champion_json), read_json(evaluate_json)
     runs = pd.read_csv(runs_csv)
     audits = {split: read_json(path) for split, path in audit_jsons.items()}
-    rows = overview_rows(champion, evaluation, runs, audits, read_json(cross_json))
+    rows = overview_rows(champion, evaluation, runs, audits, read_json(cross_json), str(failed_list))
     failed = failed_run_lines(runs.loc[runs["status"] == "failed"])
     write_text(out["rst"], rst_table(rows))
     html_table(
