@@ -28,6 +28,7 @@ from test_profiles import MAIN, parse_profile
 
 from pcamflow.io import read_json
 from pcamflow.repro import compare_runs
+from pcamflow.runstatus import INJECT_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -263,3 +264,37 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
     assert attempts[-1]["State"] == "COMPLETED"
     assert read_json(run_dir(slurm_wf, "cnn", 1) / "run.json")["resumed_from"], "did not resume"
     assert_same_training(run_dir(local_wf, "cnn", 1), run_dir(slurm_wf, "cnn", 1))
+
+
+def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempts(slurm_env, tmp_path):
+    """The profile's retries reach the job: a run that fails in all three Slurm jobs (retries: 2) is
+    recorded as failed after the third, not the first, so the sweep goes on."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config.update(
+        seeds=[1], grid={"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]}
+    )
+    config["training"]["epochs"] = 1
+    config_file = tmp_path / "failing.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    wf = make_workflow_copy(tmp_path / "slurm")
+    snakemake(wf, "results/prepared/manifest.json", "--cores", "2", "--configfile", str(config_file))
+    target = history_target("mlp", 1)
+    os.environ[INJECT_ENV] = "*/seed~1"  # sbatch exports the controller's environment to the job
+    try:
+        out = snakemake(
+            wf,
+            target,
+            "--profile",
+            "profiles/snellius",
+            "--configfile",
+            str(config_file),
+            *ONE_THREAD,
+            *FAST_POLLING,
+        )
+    finally:
+        del os.environ[INJECT_ENV]
+    jobs = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
+    assert [job["State"] for job in jobs] == ["FAILED", "FAILED", "COMPLETED"], jobs
+    info = read_json(run_dir(wf, "mlp", 1) / "run.json")
+    assert info["status"] == "failed" and info["failure"]["attempts"] == 3
+    assert info["failure"]["reason"].startswith("InjectedFailure: failure injected by")
