@@ -1,17 +1,22 @@
-# The two commands: `make run` (the default pipeline) and `make test` (tests and linters).
+# The two commands: `make run` (the default pipeline) and `make test` (tests and linters, what CI runs).
+# `make check`: the edit-test loop (linters and every test that needs no Slurm, no browser and no long
+# workflow run; a few minutes at most).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTHON ?= python3
 
-.PHONY: run test lint install system-deps
+.PHONY: run test check lint install system-deps
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -ra
+
+check: $(STAMP) lint
+	$(BIN)/pytest -q -m "not slow and not slurm and not browser"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

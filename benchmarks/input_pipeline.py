@@ -9,7 +9,7 @@ count": the naive loader gets `--workers` DataLoader worker processes, the pipel
 threads (`--threads`, the CPUs its compiled transform shares a batch over); both use the same cores.
 The naive loader's cost depends on the H5 layout, so it is also timed on a float32 copy of the
 first tiles (the course's copy of PCAM stored float32). Every figure comes from
-`pcamflow.bench.bench_row`, the function behind `pcamflow bench`, and is the median of
+`pcamflow.throughput.measure.bench_row`, the function behind `pcamflow bench`, and is the median of
 `--repeats` measurements (wall-clock img/s; a shared VM's figures jump by 20% between runs).
 
     .venv/bin/python benchmarks/input_pipeline.py
@@ -27,9 +27,9 @@ import h5py
 import numpy as np
 
 from pcamflow import constants
-from pcamflow.bench import BenchSpec, bench_row
+from pcamflow.data.rawdata import labels_path, open_split
 from pcamflow.errors import PcamflowError
-from pcamflow.rawdata import labels_path, open_split
+from pcamflow.throughput.measure import BenchSpec, bench_row
 
 RESULTS = Path("results")
 COPY_TILES = 1024  # tiles copied into the float32 layout

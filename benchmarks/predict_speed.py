@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 
 from pcamflow.config import validate_config
-from pcamflow.drift import HistogramAccumulator, histogram_moments, make_reference
-from pcamflow.export import load_bundle, write_bundle
-from pcamflow.models import build_model
-from pcamflow.predict import expand_inputs, predict_inputs, predict_tiles, read_chunks
-from pcamflow.synth import generate_split
+from pcamflow.data.synthesize import generate_split
+from pcamflow.deployment.drift import HistogramAccumulator, histogram_moments, make_reference
+from pcamflow.deployment.export import load_bundle, write_bundle
+from pcamflow.deployment.predict import expand_inputs, predict_inputs, predict_tiles, read_chunks
+from pcamflow.training.models import build_model
 
 
 def timed(fn):

@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from pcamflow import constants
-from pcamflow.rawdata import TILE_VALUES
+from pcamflow.data.rawdata import TILE_VALUES
 
 WRITE_BLOCK = 1000  # tiles generated and written at a time
 

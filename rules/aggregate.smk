@@ -1,15 +1,14 @@
 # Sweep stage: runs table, mean and std over seeds, the champion (validation only), plots, HParams.
-# Library: pcamflow.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
+# Library: pcamflow.evaluation.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
 
-GRID_KEYS = list(GRID.columns)
 # report labels of a per-grid-point figure: its grid values, read from the wildcards
 GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
 
 
 rule aggregate:
     input:
-        histories=all_run_files("history.json"),
-        run_records=all_run_files("run.json"),
+        histories=all_run_files(rundir.HISTORY),
+        run_records=all_run_files(rundir.RUN_INFO),
     output:
         runs=report(RUNS_CSV, caption="../report/runs.rst", category="sweep", subcategory="tables"),
         avg=report(METRICS_AVG, caption="../report/metrics_avg.rst", category="sweep", subcategory="tables"),
@@ -61,7 +60,7 @@ rule plot_grid_point:
     input:
         # history.json of every seed of this grid point (the wildcards hold its grid values)
         histories=lambda wc: [
-            run_file("history.json", **{k: wc[k] for k in GRID_KEYS}, seed=seed) for seed in config["seeds"]
+            run_file(rundir.HISTORY, **{k: wc[k] for k in GRID_KEYS}, seed=seed) for seed in config["seeds"]
         ],
     output:
         epochs=report(
@@ -91,7 +90,7 @@ rule plot_grid_point:
 
 rule sweep_tensorboard:
     input:
-        histories=all_run_files("history.json"),
+        histories=all_run_files(rundir.HISTORY),
     output:
         directory(SWEEP_TENSORBOARD),
     log:
@@ -106,6 +105,4 @@ rule sweep_tensorboard:
 
 
 TARGETS.extend([RUNS_CSV, METRICS_AVG, METRICS_AVG_HTML, CHAMPION_JSON, PARALLEL_PLOT, SWEEP_TENSORBOARD])
-TARGETS.extend(
-    pattern.format(**point) for point in GRID.to_dict("records") for pattern in (EPOCH_CURVES, STEP_CURVES)
-)
+TARGETS.extend(pattern.format(**point) for point in POINTS for pattern in (EPOCH_CURVES, STEP_CURVES))

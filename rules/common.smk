@@ -4,31 +4,29 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# envs/pcamflow.yaml installs pcamflow from here (`-e ${PCAMFLOW_ROOT}`) for `--sdm conda` jobs
+os.environ.update(PCAMFLOW_ROOT=workflow.basedir)
 
-import pandas as pd
-from snakemake.utils import Paramspace
-
-from pcamflow import constants
-from pcamflow.config import grid_points, validate_config
+from pcamflow import constants, rundir
+from pcamflow.config import GRID_KEYS, grid_points, validate_config
 from pcamflow.errors import PcamflowError
-from pcamflow.runstatus import ATTEMPTS_ENV
+from pcamflow.training.runstatus import ATTEMPTS_ENV
 
 try:
     config = validate_config(config)
-    GRID = pd.DataFrame(grid_points(config))
 except PcamflowError as err:
     raise WorkflowError(str(err)) from None
 
 SPLITS = list(constants.SPLITS)
 # one directory level per grid key: results/runs/model~cnn/lr~0.001/batch_size~64/optimizer~adam/seed~42
-PARAMSPACE = Paramspace(GRID, param_sep="~")
+POINTS = grid_points(config)
 # grid point path -> typed values, built once: a dict lookup per job keeps planning a large sweep fast
-_POINTS = {PARAMSPACE.wildcard_pattern.format(**p): p for p in grid_points(config)}
+_POINTS = {rundir.point_id(p, GRID_KEYS): p for p in POINTS}
 
 
 def grid_point(wildcards):
     """The typed grid values (model, lr, ...) of a job's wildcards."""
-    return _POINTS[PARAMSPACE.wildcard_pattern.format(**{k: getattr(wildcards, k) for k in GRID.columns})]
+    return _POINTS[rundir.point_id(wildcards, GRID_KEYS)]
 
 
 wildcard_constraints:
@@ -57,15 +55,14 @@ AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
 AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
 AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
 PREPARED = RESULTS / "prepared"
-GRID_POINT = PARAMSPACE.wildcard_pattern  # model~{model}/lr~{lr}/...
-RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
+GRID_POINT = rundir.point_pattern(GRID_KEYS)  # model~{model}/lr~{lr}/...
+RUN_DIR = str(RESULTS / "runs" / GRID_POINT / rundir.seed_dir("{seed}"))
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
-STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
+STATE_DIR = str(RESULTS / "state" / GRID_POINT / rundir.seed_dir("{seed}"))
 # live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
-TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / "seed~{seed}")
-RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
+TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
 SUMMARY = RESULTS / "summary"
-# sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluate.smk)
+# sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
 METRICS_AVG = SUMMARY / "metrics_avg.csv"
 METRICS_AVG_HTML = SUMMARY / "metrics_avg.html"
@@ -91,9 +88,9 @@ REPRO_JSON = SUMMARY / "reproducibility.json"
 REPRO_HTML = SUMMARY / "reproducibility.html"
 REPRO_RUN = RESULTS / "reproducibility" / "twin"
 REPRO_STATE = RESULTS / "state" / "reproducibility"
-# the champion's model bundle and the offline handover tarball (rules/export.smk)
+# the champion's model bundle and the offline handover tarball (rules/deployment.smk)
 BUNDLE_DIR = RESULTS / "bundle" / "model"
-BUNDLE_TAR = RESULTS / "bundle.tar.gz"
+HANDOVER_TAR = RESULTS / "handover.tar.gz"
 # the answer first: the report's first page (report/workflow.rst includes the .rst) and the last lines
 OVERVIEW_RST = SUMMARY / "overview.rst"
 OVERVIEW_HTML = SUMMARY / "overview.html"
@@ -127,13 +124,18 @@ def raw_files(split):
     return [RAW_H5.format(split=split, kind=k) for k in ("x", "y")]
 
 
+def run_path(name):
+    """The pattern of one file of a run directory (wildcards: grid keys, seed)."""
+    return str(Path(RUN_DIR) / name)
+
+
 def run_file(name, **wildcards):
-    return str(Path(RUN_DIR) / name).format(**wildcards)
+    return run_path(name).format(**wildcards)
 
 
 def all_runs():
     """One entry per (grid point, seed): the wildcards of a training run."""
-    return [dict(point, seed=seed) for point in GRID.to_dict("records") for seed in config["seeds"]]
+    return [dict(point, seed=seed) for point in POINTS for seed in config["seeds"]]
 
 
 def all_run_files(name):

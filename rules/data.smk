@@ -20,8 +20,8 @@ if config["dataset"] == "synthetic":
             "../workflow_scripts/synthesize.py"
 
 
-# ---- audit (per split, then across splits) and prepare: pcamflow.audit, pcamflow.prepare ----
-from pcamflow.store import MANIFEST_FILE, store_files
+# ---- audit (per split, then across splits) and prepare: pcamflow.data.audit, pcamflow.data.prepare ----
+from pcamflow.data.store import MANIFEST_FILE, store_files
 
 
 rule audit:

@@ -17,6 +17,6 @@ if config["dataset"] == "pcam":
         benchmark:
             BENCHMARKS / "download" / "{split}_{kind}.tsv"
         run:
-            from pcamflow.download import rule_main
+            from pcamflow.data.download import rule_main
 
             rule_main(config, output[0], log[0], wildcards.split, wildcards.kind)

@@ -1,7 +1,7 @@
 # The answer first: one table of the champion, its test metrics with intervals beside the baselines,
 # the failed runs and the data audit's findings (the report's first page), and the few lines a
-# finished run prints last. Library: pcamflow.overview. Path patterns: rules/common.smk.
-from pcamflow.overview import end_of_run_message
+# finished run prints last. Library: pcamflow.evaluation.overview. Path patterns: rules/common.smk.
+from pcamflow.evaluation.overview import end_of_run_message
 
 
 rule overview:

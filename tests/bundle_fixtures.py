@@ -9,10 +9,10 @@ import numpy as np
 import torch
 
 from pcamflow.config import validate_config
-from pcamflow.drift import HistogramAccumulator, histogram_moments, make_reference
-from pcamflow.export import write_bundle
-from pcamflow.models import build_model
-from pcamflow.synth import generate_split
+from pcamflow.data.synthesize import generate_split
+from pcamflow.deployment.drift import HistogramAccumulator, histogram_moments, make_reference
+from pcamflow.deployment.export import write_bundle
+from pcamflow.training.models import build_model
 
 
 @functools.cache

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pcamflow import aggregate
+from pcamflow import rundir
 from pcamflow.errors import PcamflowError
+from pcamflow.evaluation import aggregate
 
 GRID_KEYS = ["model", "lr", "batch_size", "optimizer"]
 
@@ -47,7 +48,7 @@ def fake_history(val_auc, best_epoch=None, epochs=3, val_loss=None, steps=4):
 
 
 def write_run(root, point, seed, history, train_time_s=12.0):
-    run_dir = root / aggregate.point_id(point, GRID_KEYS) / f"seed~{seed}"
+    run_dir = root / rundir.point_id(point, GRID_KEYS) / rundir.seed_dir(seed)
     run_dir.mkdir(parents=True)
     (run_dir / "history.json").write_text(json.dumps(history))
     (run_dir / "run.json").write_text(json.dumps({"train_time_s": train_time_s, "seed": seed}))
@@ -252,8 +253,8 @@ def test_sweep_tensorboard_holds_hparams_of_every_run(tmp_path):
 
 
 def fail_run(run_dir, reason="TrainingDiverged: training loss is nan at step 3 (epoch 1)", attempts=3):
-    """Turn a run into one that failed for good, as pcamflow.runstatus.write_failed_run leaves it."""
-    from pcamflow.runstatus import write_failed_run
+    """Turn a run into one that failed for good, as pcamflow.training.runstatus.write_failed_run leaves it."""
+    from pcamflow.training.runstatus import write_failed_run
 
     for path in run_dir.iterdir():
         path.unlink()
@@ -309,7 +310,7 @@ def test_failed_runs_are_listed_with_their_reason_and_left_out_of_the_means(tmp_
 
 
 def test_a_failed_runs_checkpoint_says_the_run_failed(tmp_path):
-    from pcamflow.checkpoint import load_model
+    from pcamflow.training.checkpoint import load_model
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

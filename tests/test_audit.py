@@ -10,10 +10,10 @@ import pytest
 from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_split
 
-from pcamflow.audit import FAULTS, audit_split, cross_split_duplicates, load_hashes, tile_hash
-from pcamflow.download import record_path
-from pcamflow.rawdata import split_paths
-from pcamflow.synth import write_synthetic
+from pcamflow.data.audit import FAULTS, audit_split, cross_split_duplicates, load_hashes, tile_hash
+from pcamflow.data.download import record_path
+from pcamflow.data.rawdata import split_paths
+from pcamflow.data.synthesize import write_synthetic
 
 THRESHOLDS = {"black_max": 10, "white_min": 245}
 

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from pcamflow.checkpoint import (
+from pcamflow.errors import PcamflowError
+from pcamflow.training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_model,
     restore_rng_state,
     save_checkpoint,
 )
-from pcamflow.errors import PcamflowError
-from pcamflow.models import build_model
+from pcamflow.training.models import build_model
 
 RUN_CONFIG = {"model": "mlp", "training": {"mlp_hidden": [8], "dropout": 0.0}}
 

@@ -11,7 +11,7 @@ from conftest import REPO, pcamflow
 
 from pcamflow import constants
 from pcamflow.config import grid_points, validate_config
-from pcamflow.cost import (
+from pcamflow.throughput.cost import (
     JOB_OVERHEAD_H,
     ROME_MIN_CORES,
     SBU_PER_GPU_HOUR,
@@ -103,7 +103,7 @@ def test_pcam_config_validates_and_holds_the_course_grid():
     assert cfg["partitions"]["rome"] == {"device": "cpu", "cpus": 16, "gpus": 0}
     assert cfg["partitions"]["gpu_a100"] == {"device": "cuda", "cpus": 18, "gpus": 1}
     assert cfg["training"]["amp"] == "bf16" and cfg["training"]["channels_last"]
-    bench = cfg["benchmark"]
+    bench = cfg["throughput"]
     assert min(bench["batch_sizes"]) == 1 and max(bench["batch_sizes"]) == 512
     assert set(bench["precisions"]) == {"fp32", "bf16", "fp16"}
     assert set(bench["modes"]) == {"data", "naive", "forward", "train"}

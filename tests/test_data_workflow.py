@@ -11,8 +11,8 @@ from conftest import snakemake
 from pcam_fixtures import write_raw_dir
 
 from pcamflow import constants
-from pcamflow.audit import FAULTS
-from pcamflow.store import load_split, load_stats, store_checksum
+from pcamflow.data.audit import FAULTS
+from pcamflow.data.store import load_split, load_stats, store_checksum
 
 MANIFEST = "results/prepared/manifest.json"
 TEST_SIZES = {"train": 600, "valid": 200, "test": 200}  # config/test.yaml

@@ -19,7 +19,7 @@ from pcam_fixtures import alternating_labels, random_tiles, write_split
 
 from pcamflow import constants
 from pcamflow.config import grid_points, validate_config
-from pcamflow.download import (
+from pcamflow.data.download import (
     Source,
     checksum_provenance,
     download_file,

@@ -8,7 +8,13 @@ from bundle_fixtures import drift_thresholds, make_bundle, synthetic_tiles
 from conftest import pcamflow
 from pcam_fixtures import write_split
 
-from pcamflow.drift import HistogramAccumulator, compare, histogram_moments, make_reference, wasserstein1
+from pcamflow.deployment.drift import (
+    HistogramAccumulator,
+    compare,
+    histogram_moments,
+    make_reference,
+    wasserstein1,
+)
 
 N_TRAIN = 256  # make_bundle's reference
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from pcamflow import evaluate as ev
-from pcamflow.checkpoint import save_checkpoint
+from pcamflow.data.pipeline import predict_proba
 from pcamflow.errors import PcamflowError
-from pcamflow.models import build_model
-from pcamflow.pipeline import predict_proba
+from pcamflow.evaluation import evaluate as ev
+from pcamflow.training.checkpoint import save_checkpoint
+from pcamflow.training.models import build_model
 
 SETTINGS = {"target_recall": 0.9, "tta": False, "bootstrap": 60, "ci": 0.95, "seed": 3}
 
@@ -76,7 +76,7 @@ def test_threshold_needs_positives_on_validation():
 
 def test_bootstrap_interval_is_the_percentile_of_resampled_metrics():
     y, prob = scores(150, 4)
-    model = ev.Model("m", "", prob, {ev.AT_HALF: 0.5})
+    model = ev.Predictions("m", "", prob, {ev.AT_HALF: 0.5})
     boot = ev.bootstrap_metrics(y, [model], n_boot=40, seed=7)
     table = ev.summarise(y, [model], boot, ci=0.9)
     rng = np.random.default_rng(7)  # the same resamples, recomputed with scikit-learn

@@ -14,10 +14,17 @@ import pytest
 import torch
 from bundle_fixtures import make_bundle, stats_of, synthetic_tiles, tiny_model
 
+from pcamflow.data.pipeline import predict_proba
+from pcamflow.deployment.export import (
+    BUNDLE_FILES,
+    MANIFEST_FILE,
+    META_FILE,
+    MODEL_FILE,
+    load_bundle,
+    verify_bundle,
+)
+from pcamflow.deployment.predict import predict_tiles
 from pcamflow.errors import PcamflowError
-from pcamflow.export import BUNDLE_FILES, MANIFEST_FILE, META_FILE, MODEL_FILE, load_bundle, verify_bundle
-from pcamflow.pipeline import predict_proba
-from pcamflow.predict import predict_tiles
 
 
 @pytest.fixture(scope="module")

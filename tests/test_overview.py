@@ -5,7 +5,7 @@ import os
 
 from docutils.core import publish_parts
 
-from pcamflow import overview
+from pcamflow.evaluation import overview
 
 
 def test_the_rst_table_renders_reasons_with_markup_characters_as_plain_text():

@@ -5,16 +5,16 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow.pipeline import (
+from pcamflow.data.pipeline import (
     D4_SIZE,
     BatchLoader,
-    GpuTransform,
+    BatchTransform,
     _d4_affine,
     _d4_index_maps,
     apply_d4,
     predict_proba,
 )
-from pcamflow.store import Split, load_split, load_stats
+from pcamflow.data.store import Split, load_split, load_stats
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_d4_matches_flips_and_rotations():
 def test_evaluation_input_is_normalised_and_never_augmented(store, split):
     stats = load_stats(store)
     x = torch.from_numpy(split.x[:6].copy())
-    transform = GpuTransform(stats, augment=True, color_jitter=0.5)
+    transform = BatchTransform(stats, augment=True, color_jitter=0.5)
     out = transform.to_input(x, train=False, generator=torch.Generator().manual_seed(0))
     mean, std = torch.tensor(stats["mean"]), torch.tensor(stats["std"])
     expected = ((x.float() / 255 - mean) / std).permute(0, 3, 1, 2)
@@ -108,7 +108,7 @@ def test_evaluation_input_is_normalised_and_never_augmented(store, split):
 
 
 def test_training_input_is_a_seeded_d4_view_of_each_tile(store, split):
-    transform = GpuTransform(load_stats(store))
+    transform = BatchTransform(load_stats(store))
     x = torch.from_numpy(split.x[:16].copy())
     plain = transform.to_input(x, train=False)
     a = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(5))
@@ -129,8 +129,8 @@ def test_training_input_is_a_seeded_d4_view_of_each_tile(store, split):
 def test_colour_jitter_changes_training_input_only(store, split):
     stats = load_stats(store)
     x = torch.from_numpy(split.x[:4].copy())
-    jitter = GpuTransform(stats, augment=False, color_jitter=0.3)
-    still = GpuTransform(stats, augment=False)
+    jitter = BatchTransform(stats, augment=False, color_jitter=0.3)
+    still = BatchTransform(stats, augment=False)
     gen = torch.Generator().manual_seed(0)
     assert not torch.equal(jitter.to_input(x, train=True, generator=gen), still.to_input(x, train=False))
     assert torch.equal(jitter.to_input(x, train=False), still.to_input(x, train=False))
@@ -139,9 +139,9 @@ def test_colour_jitter_changes_training_input_only(store, split):
 def test_channels_last_gives_the_same_values_in_channels_last_layout(store, split):
     stats = load_stats(store)
     x = torch.from_numpy(split.x[:4].copy())
-    cl = GpuTransform(stats, channels_last=True).to_input(x, train=False)
+    cl = BatchTransform(stats, channels_last=True).to_input(x, train=False)
     assert cl.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(cl, GpuTransform(stats).to_input(x, train=False))
+    assert torch.equal(cl, BatchTransform(stats).to_input(x, train=False))
 
 
 @pytest.mark.parametrize("batch", [1, 5, 40])  # 40: the kernel shares the tiles out over 2 threads
@@ -153,7 +153,7 @@ def test_channels_last_gives_the_same_values_in_channels_last_layout(store, spli
 def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, split, batch, options):
     stats = load_stats(store)
     x = torch.from_numpy(np.array(split.x[np.arange(batch) % len(split.x)]))
-    compiled, torch_ops = GpuTransform(stats, **options), GpuTransform(stats, compiled=False, **options)
+    compiled, torch_ops = BatchTransform(stats, **options), BatchTransform(stats, compiled=False, **options)
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -176,7 +176,7 @@ def test_d4_affine_form_gives_every_index_map(size):
 
 
 def test_compiled_transform_refuses_tiles_it_was_not_written_for(store):
-    transform = GpuTransform(load_stats(store))
+    transform = BatchTransform(load_stats(store))
     with pytest.raises(ValueError, match=r"square RGB tiles"):
         transform.to_input(torch.zeros((2, 96, 64, 3), dtype=torch.uint8), train=False)
 
@@ -201,7 +201,7 @@ def test_predict_proba_in_order_batch_size_free_and_tta_averages_d4(store, split
     assert not model.training
     assert prob.shape == (23,) and np.all((prob >= 0) & (prob <= 1))
     with torch.no_grad():
-        inputs = GpuTransform(stats).to_input(torch.from_numpy(x), train=False)
+        inputs = BatchTransform(stats).to_input(torch.from_numpy(x), train=False)
         expected = torch.softmax(model(inputs), 1)[:, 1].double().numpy()
     np.testing.assert_allclose(prob, expected, rtol=1e-6)
     np.testing.assert_allclose(predict_proba(model, x, stats, batch_size=256), prob, rtol=1e-6)

@@ -14,10 +14,10 @@ from bundle_fixtures import make_bundle, stats_of, synthetic_tiles, tiny_model
 from pcam_fixtures import write_dataset, write_split
 from PIL import Image
 
-from pcamflow.export import META_FILE, load_bundle
-from pcamflow.pipeline import predict_proba
-from pcamflow.predict import COLUMNS, predict_inputs, predict_tiles
-from pcamflow.rawdata import clean_tiles
+from pcamflow.data.pipeline import predict_proba
+from pcamflow.data.rawdata import clean_tiles
+from pcamflow.deployment.export import META_FILE, load_bundle
+from pcamflow.deployment.predict import COLUMNS, predict_inputs, predict_tiles
 
 N = 10
 
@@ -200,7 +200,7 @@ def test_table_columns_keep_their_types_across_failed_and_predicted_rows(bundle,
 
 
 def test_inputs_are_counted_for_the_progress_bar_only_when_it_is_shown(bundle, tmp_path, monkeypatch):
-    from pcamflow import predict
+    from pcamflow.deployment import predict
 
     x, y = _tiles(3)
     h5 = _h5(tmp_path, x, y)
@@ -245,7 +245,7 @@ def test_tta_matches_training_side_tta_and_defaults_to_the_bundles_setting(tmp_p
 def _rewrite_with_manifest(bundle_dir: Path, name: str, text: str) -> None:
     import json
 
-    from pcamflow.export import MANIFEST_FILE
+    from pcamflow.deployment.export import MANIFEST_FILE
     from pcamflow.io import sha256sum
 
     (bundle_dir / name).write_text(text)
@@ -269,7 +269,7 @@ def test_cuda_without_a_gpu_is_one_clear_line(bundle_dir, tmp_path, predict):
     x, y = _tiles()
     run = predict(bundle_dir, tmp_path / "p.csv", _h5(tmp_path, x, y), extra=["--device", "cuda"])
     assert run.status == 2
-    assert "--device cuda: no CUDA device is available" in run.stderr
+    assert "--device: cuda requested but no CUDA device is available here" in run.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -281,8 +281,9 @@ def test_cuda_gives_the_cpu_probabilities(bundle_dir, bundle, tmp_path):
 
 @pytest.mark.parametrize("problem", ["directory", "parent is a file", "no permission"])
 def test_an_unwritable_out_fails_before_predicting(problem, bundle_dir, tmp_path, capsys, monkeypatch):
-    from pcamflow import errors, predict
+    from pcamflow import errors
     from pcamflow.cli import main
+    from pcamflow.deployment import predict
 
     x, y = _tiles()
     h5 = _h5(tmp_path, x, y)

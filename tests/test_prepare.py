@@ -11,12 +11,12 @@ from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_dataset, write_split
 
 from pcamflow import constants
-from pcamflow.audit import audit_split, cross_split_duplicates
+from pcamflow.data.audit import audit_split, cross_split_duplicates
+from pcamflow.data.prepare import prepare_store
+from pcamflow.data.rawdata import clean_tiles, split_paths
+from pcamflow.data.store import MANIFEST_FILE, load_split, load_stats, store_checksum, store_files
 from pcamflow.errors import PcamflowError
 from pcamflow.io import read_json
-from pcamflow.prepare import prepare_store
-from pcamflow.rawdata import clean_tiles, split_paths
-from pcamflow.store import MANIFEST_FILE, load_split, load_stats, store_checksum, store_files
 
 DEFAULTS = {"drop_black_white_from": ["train"], "drop_cross_split_duplicates": True}
 SIZES = {"train": 12, "valid": 6, "test": 5}

@@ -159,7 +159,7 @@ def test_dry_run_plans_every_job_on_its_partition_without_a_cluster(name, workfl
     profile = parse_profile(PROFILES / name / "config.yaml")
     args = ("-n", "--profile", f"profiles/{name}", "--configfile", "config/test.yaml")
     jobs = planned_jobs(snakemake(workflow_dir, *args).stdout)
-    assert {rule for rule, _, _ in jobs} >= {"prepare", "benchmark", *GPU_RULES}
+    assert {rule for rule, _, _ in jobs} >= {"prepare", "throughput", *GPU_RULES}
     default = profile["default-resources"]["slurm_partition"]
     for rule, wildcards, resources in jobs:
         # the profile's partition for the rule; a throughput job's is the partition it measures

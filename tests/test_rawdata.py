@@ -9,8 +9,8 @@ import pytest
 from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_dataset, write_split
 
+from pcamflow.data.rawdata import channel_histograms, clean_tiles, labels_path, open_split, open_tiles
 from pcamflow.errors import PcamflowError, first_line
-from pcamflow.rawdata import channel_histograms, clean_tiles, labels_path, open_split, open_tiles
 
 N = 6
 

@@ -24,7 +24,7 @@ from unittest import mock
 import pytest
 from conftest import REPO, make_workflow_copy, snakemake
 
-from pcamflow.runstatus import INJECT_ENV
+from pcamflow.training.runstatus import INJECT_ENV
 
 CONFIG = "config/test.yaml"
 CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput"}

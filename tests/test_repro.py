@@ -8,9 +8,9 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow import repro
-from pcamflow.checkpoint import save_checkpoint
-from pcamflow.models import build_model
+from pcamflow.evaluation import reproducibility as repro
+from pcamflow.training.checkpoint import save_checkpoint
+from pcamflow.training.models import build_model
 
 TRAINING = {"mlp_hidden": [4], "dropout": 0.0}
 
@@ -94,7 +94,7 @@ def test_compare_runs_reports_identical_and_different_twins(tmp_path):
 
 @pytest.mark.parametrize("chosen_by", ["champion", "config"])
 def test_write_reproducibility_trains_the_run_again_and_finds_it_identical(tmp_path, chosen_by):
-    from pcamflow.train import make_run_config, run_training
+    from pcamflow.training.train import make_run_config, run_training
 
     store = write_store(tmp_path / "store", {"train": 64, "valid": 32})
     training = {"epochs": 1, "mlp_hidden": [4], "threads": 1, "log_every": 1, "grad_norm_every": 1}

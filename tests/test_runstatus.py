@@ -6,8 +6,8 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow import runstatus, train
 from pcamflow.errors import Preempted
+from pcamflow.training import runstatus, train
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +65,7 @@ def test_a_run_preempted_on_its_last_attempt_is_recorded_and_keeps_its_resume_st
 ):
     def preempted(*args, **kwargs):
         (tmp_path / "state").mkdir()
-        (tmp_path / "state" / train.LAST).write_bytes(b"resume me")
+        (tmp_path / "state" / train.LAST_CHECKPOINT).write_bytes(b"resume me")
         raise Preempted("SIGTERM: checkpointed at step 40; run again to resume")
 
     monkeypatch.setattr(train, "run_training", preempted)
@@ -77,7 +77,9 @@ def test_a_run_preempted_on_its_last_attempt_is_recorded_and_keeps_its_resume_st
         "reason": "Preempted: SIGTERM: checkpointed at step 40; run again to resume",
         "attempts": 1,
     }
-    assert (tmp_path / "state" / train.LAST).read_bytes() == b"resume me"  # a retry resumes from it
+    assert (
+        tmp_path / "state" / train.LAST_CHECKPOINT
+    ).read_bytes() == b"resume me"  # a retry resumes from it
 
 
 def test_a_successful_run_says_done_and_an_old_run_json_counts_as_done(store, tmp_path):

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from pcamflow import slices
 from pcamflow.errors import PcamflowError
+from pcamflow.evaluation import slices
 
 
 def tiles_with_intensity(levels):

@@ -26,9 +26,9 @@ import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
 from test_profiles import MAIN, parse_profile
 
+from pcamflow.evaluation.reproducibility import compare_runs
 from pcamflow.io import read_json
-from pcamflow.repro import compare_runs
-from pcamflow.runstatus import INJECT_ENV
+from pcamflow.training.runstatus import INJECT_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -156,10 +156,10 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
     jobs = slurm_env.sacct(job_ids)
     assert len(jobs) == len(job_ids)
     ran = {rule_of(job["Comment"], profile["groups"]) for job in jobs}
-    assert ran == {"synthesize", "audit", "audit_cross", "prepare", "train", "benchmark", "plot_grid_point"}
+    assert ran == {"synthesize", "audit", "audit_cross", "prepare", "train", "throughput", "plot_grid_point"}
     for job in jobs:
         rule = rule_of(job["Comment"], profile["groups"])
-        if rule == "benchmark":  # the throughput job goes to the partition it measures (config)
+        if rule == "throughput":  # the throughput job goes to the partition it measures (config)
             partition = job["Comment"].rsplit("_wildcards_", 1)[1]
             gpus = config["partitions"][partition]["gpus"]
         else:
@@ -188,7 +188,7 @@ def test_staging_copies_the_prepared_store_to_the_jobs_node_local_scratch(slurm_
     store.mkdir()
     (store / "train_y.npy").write_bytes(b"\x93NUMPY")
     (store / "manifest.json").write_text('{"checksum": "' + "c" * 64 + '"}')
-    code = f"from pcamflow.staging import stage_prepared; print(stage_prepared({str(store)!r}))"
+    code = f"from pcamflow.data.staging import stage_prepared; print(stage_prepared({str(store)!r}))"
     out = tmp_path / "job.out"
     job = f"srun {shlex.quote(sys.executable)} -c {shlex.quote(code)}"
     slurm_env.run(

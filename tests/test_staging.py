@@ -1,4 +1,4 @@
-"""Node-local staging of the prepared store (pcamflow.staging)."""
+"""Node-local staging of the prepared store (pcamflow.data.staging)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from pcamflow import staging
+from pcamflow.data import staging
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, load_split
 from pcamflow.io import write_json
-from pcamflow.store import MANIFEST_FILE, STATS_FILE, load_split
 
 
 def write_store(store, checksum: str, n: int = 4):

@@ -12,7 +12,8 @@ import pytest
 from conftest import pcamflow
 from sklearn.metrics import roc_auc_score
 
-from pcamflow import constants, synth
+from pcamflow import constants
+from pcamflow.data import synthesize as synth
 from pcamflow.errors import PcamflowError
 
 SIZES = {"train": 300, "valid": 120, "test": 120}

@@ -1,4 +1,4 @@
-"""The throughput summary (merge, bottleneck verdict, scaling plot) and the benchmark rules."""
+"""The throughput summary (merge, bottleneck verdict, scaling plot) and the throughput rule."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import snakemake
 
-from pcamflow import bench
 from pcamflow.errors import PcamflowError
-from pcamflow.throughput import (
+from pcamflow.throughput import measure as bench
+from pcamflow.throughput.summary import (
     COMPUTE_BOUND,
     INPUT_BOUND,
     add_bottleneck,
@@ -141,7 +141,7 @@ def test_each_partition_job_asks_slurm_for_that_partition(workflow_dir):
 
 
 @pytest.mark.slow
-def test_benchmark_stage_on_the_test_config(workflow_dir):
+def test_throughput_stage_on_the_test_config(workflow_dir):
     targets = ["results/summary/throughput.csv", "results/summary/throughput_scaling.png"]
     snakemake(workflow_dir, "--cores", "2", "--configfile", "config/test.yaml", "--", *targets)
     rows = pd.read_csv(workflow_dir / "results/summary/throughput.csv", keep_default_na=False)
@@ -154,13 +154,13 @@ def test_benchmark_stage_on_the_test_config(workflow_dir):
     gpu = rows[rows["partition"] == "gpu_a100"]
     if not torch.cuda.is_available():
         assert len(gpu) == 3 and set(gpu["status"]) == {"skipped"} and set(gpu["img_per_s"]) == {""}
-        log = (workflow_dir / "results/logs/benchmark/gpu_a100.log").read_text()
+        log = (workflow_dir / "results/logs/throughput/gpu_a100.log").read_text()
         assert "partition gpu_a100 needs CUDA" in log
 
 
-def test_benchmark_memory_counts_the_prepared_store_not_the_raw_file(workflow_dir):
+def test_throughput_memory_counts_the_prepared_store_not_the_raw_file(workflow_dir):
     from pcamflow.constants import raw_filename
-    from pcamflow.store import store_files
+    from pcamflow.data.store import store_files
 
     def sparse(path, mb):  # sizes without writing the bytes
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def test_benchmark_memory_counts_the_prepared_store_not_the_raw_file(workflow_di
         sparse(path, 500 // len(store))
     proc = snakemake(
         workflow_dir,
-        *("-n", "--configfile", "config/test.yaml", "--allowed-rules", "benchmark"),
+        *("-n", "--configfile", "config/test.yaml", "--allowed-rules", "throughput"),
         *("--", "results/throughput/rome.csv"),
     )
     (mem_mb,) = re.findall(r"mem_mb=(\d+)", proc.stdout + proc.stderr)

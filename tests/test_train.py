@@ -15,10 +15,12 @@ import yaml
 from conftest import REPO
 from train_fixtures import write_store
 
-from pcamflow import train
-from pcamflow.checkpoint import load_checkpoint, load_model
+from pcamflow import rundir
 from pcamflow.errors import PcamflowError
-from pcamflow.train import EXIT_PREEMPTED, TIMING_FIELDS, lr_factor, run_training
+from pcamflow.rundir import TIMING_FIELDS
+from pcamflow.training import train
+from pcamflow.training.checkpoint import load_checkpoint, load_model
+from pcamflow.training.train import EXIT_PREEMPTED, lr_factor, run_training
 
 STEPS_PER_EPOCH = 6  # 120 tiles / batch 20
 
@@ -86,7 +88,7 @@ def test_a_run_writes_history_metrics_checkpoints_provenance_and_tensorboard(ref
     history = json.loads((reference / "history.json").read_text())
     assert history["selection_metric"] == "val_auc"
     assert [row["epoch"] for row in history["epochs"]] == [1, 2, 3]
-    assert set(history["epochs"][0]) == set(train.EPOCH_FIELDS)
+    assert set(history["epochs"][0]) == set(rundir.EPOCH_FIELDS)
     best = max(history["epochs"], key=lambda row: row["val_auc"])
     assert history["best_epoch"] == best["epoch"]
     assert history["epochs"][-1]["val_auc"] > 0.9  # the centre signal is learnt
@@ -96,7 +98,7 @@ def test_a_run_writes_history_metrics_checkpoints_provenance_and_tensorboard(ref
     assert all(s["grad_norm"] > 0 for s in steps if s["grad_norm"] is not None)
 
     frame = pd.read_csv(reference / "metrics.csv")
-    assert list(frame.columns) == list(train.EPOCH_FIELDS) and len(frame) == 3
+    assert list(frame.columns) == list(rundir.EPOCH_FIELDS) and len(frame) == 3
     assert frame["val_auc"].tolist() == pytest.approx([row["val_auc"] for row in history["epochs"]])
 
     run = json.loads((reference / "run.json").read_text())
@@ -193,7 +195,7 @@ def test_a_checkpoint_of_another_config_is_not_resumed(store, tmp_path, caplog):
         # stop right after the first step: a SIGTERM sent to ourselves
         run_training_with_signal_at_first_step(first, tmp_path / "a", state)
     assert (state / "checkpoint_last.pt").exists()
-    caplog.set_level(logging.INFO, logger="pcamflow.train")
+    caplog.set_level(logging.INFO, logger="pcamflow.training.train")
     run_training(run_config(store, epochs=1, dropout=0.1), tmp_path / "b", state)
     assert "not resuming" in caplog.text and "run config changed" in caplog.text
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] is None
@@ -240,7 +242,7 @@ def test_training_switches_run_and_learn(store, tmp_path, training):
 
 
 def test_non_terminal_logs_show_throughput_and_data_time(store, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pcamflow.train")
+    caplog.set_level(logging.INFO, logger="pcamflow.training.train")
     run_training({**run_config(store, epochs=1), "model": "mlp"}, tmp_path)
     step_lines = [r.getMessage() for r in caplog.records if "img/s, data" in r.getMessage()]
     assert len(step_lines) == STEPS_PER_EPOCH // 2  # log_every = 2

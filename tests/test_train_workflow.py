@@ -12,8 +12,9 @@ import pytest
 import yaml
 from conftest import REPO
 
+from pcamflow.rundir import RUN_FILES
+
 RUN = "model~cnn/lr~0.001/batch_size~32/optimizer~adam/seed~1"
-RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
 
 
 def descendants(pid: int) -> list[int]:

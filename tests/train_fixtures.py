@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from pcamflow import constants
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path
 from pcamflow.io import write_json
-from pcamflow.store import MANIFEST_FILE, STATS_FILE, array_path
 
 
 def centre_signal_tiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """Rule audit: one split of the raw PCAM files -> audit JSON, plot and per-tile hashes."""
 
-from pcamflow.audit import audit_split, write_audit
+from pcamflow.data.audit import audit_split, write_audit
 from pcamflow.smk import run_script
 
 

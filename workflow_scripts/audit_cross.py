@@ -1,6 +1,6 @@
 """Rule audit_cross: duplicate tiles across splits, from the per-split hashes and audits."""
 
-from pcamflow.audit import audit_cross
+from pcamflow.data.audit import audit_cross
 from pcamflow.smk import run_script
 
 

@@ -1,6 +1,6 @@
 """Rule champion: champion.json (chosen on validation only) and the parallel-coordinates plot."""
 
-from pcamflow.aggregate import write_champion
+from pcamflow.evaluation.aggregate import write_champion
 from pcamflow.smk import run_script
 
 

@@ -1,6 +1,6 @@
 """Rule evaluate: the champion on test with bootstrap intervals, a validation threshold, the baselines."""
 
-from pcamflow.evaluate import write_evaluation
+from pcamflow.evaluation.evaluate import write_evaluation
 from pcamflow.smk import run_script
 
 

@@ -1,8 +1,8 @@
-"""Rule export: the champion's model bundle (pcamflow.export)."""
+"""Rule export: the champion's model bundle (pcamflow.deployment.export)."""
 
 from pathlib import Path
 
-from pcamflow.export import export_champion
+from pcamflow.deployment.export import export_champion
 from pcamflow.smk import run_script
 
 

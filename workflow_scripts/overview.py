@@ -1,6 +1,6 @@
-"""Rule overview: the report's first-page table and the lines a finished run prints (pcamflow.overview)."""
+"""Rule overview: the report's first-page table and the lines a finished run prints (pcamflow.evaluation.overview)."""
 
-from pcamflow.overview import write_overview
+from pcamflow.evaluation.overview import write_overview
 from pcamflow.smk import run_script
 
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pcamflow.aggregate import plot_grid_point
+from pcamflow.evaluation.aggregate import plot_grid_point
 from pcamflow.smk import run_script
 
 

@@ -1,6 +1,6 @@
 """Rule predict_champion: every champion checkpoint's P(positive) on valid and test, made once and reused."""
 
-from pcamflow.evaluate import write_champion_predictions
+from pcamflow.evaluation.evaluate import write_champion_predictions
 from pcamflow.smk import run_script
 
 

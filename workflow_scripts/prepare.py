@@ -1,7 +1,7 @@
-"""Rule prepare: raw PCAM files + audits -> the clean uint8 store (see pcamflow.store)."""
+"""Rule prepare: raw PCAM files + audits -> the clean uint8 store (see pcamflow.data.store)."""
 
+from pcamflow.data.prepare import prepare_store
 from pcamflow.io import read_json
-from pcamflow.prepare import prepare_store
 from pcamflow.smk import run_script
 
 

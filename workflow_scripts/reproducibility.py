@@ -1,6 +1,6 @@
 """Rule reproducibility: train a run again with its own config and seed (default: the champion), compare."""
 
-from pcamflow.repro import write_reproducibility
+from pcamflow.evaluation.reproducibility import write_reproducibility
 from pcamflow.smk import run_script
 
 

@@ -1,6 +1,6 @@
 """Rule slices: per-slice metrics of the deployed champion on test, and its error galleries."""
 
-from pcamflow.slices import write_slices
+from pcamflow.evaluation.slices import write_slices
 from pcamflow.smk import run_script
 
 

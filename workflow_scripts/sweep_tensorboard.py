@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pcamflow.aggregate import write_sweep_tensorboard
+from pcamflow.evaluation.aggregate import write_sweep_tensorboard
 from pcamflow.smk import run_script
 
 

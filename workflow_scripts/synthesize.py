@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from pcamflow.data.synthesize import write_synthetic
 from pcamflow.smk import run_script
-from pcamflow.synth import write_synthetic
 
 
 def main(smk):

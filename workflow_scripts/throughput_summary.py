@@ -1,7 +1,7 @@
 """Rule throughput_summary: merged throughput CSV with a bottleneck column, and the scaling plot."""
 
 from pcamflow.smk import run_script
-from pcamflow.throughput import summarise_throughput
+from pcamflow.throughput.summary import summarise_throughput
 
 
 def main(smk):

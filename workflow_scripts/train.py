@@ -1,14 +1,14 @@
 """Rule train: one (grid point, seed) -> history, metrics, checkpoints, run.json, TensorBoard events.
 
-On its last attempt a run that fails is recorded as failed in those outputs (pcamflow.runstatus),
+On its last attempt a run that fails is recorded as failed in those outputs (pcamflow.training.runstatus),
 so the rest of the sweep goes on; earlier attempts fail, and Snakemake retries them.
 """
 
 from pathlib import Path
 
-from pcamflow.runstatus import train_or_record_failure
 from pcamflow.smk import run_script
-from pcamflow.train import make_run_config
+from pcamflow.training.runstatus import train_or_record_failure
+from pcamflow.training.train import make_run_config
 
 
 def main(smk):

@@ -7,19 +7,20 @@ import importlib
 import logging
 import sys
 
-from .errors import PcamflowError
+from pcamflow.constants import COURSE_TRAIN_SIZE, FULL_SIZES, ZENODO_RECORD
+from pcamflow.errors import PcamflowError
 
 # subcommand -> (module, function): imported only when that subcommand runs, so `pcamflow synth`
 # does not pay for importing torch.
 COMMANDS = {
-    "synth": ("pcamflow.synth", "cli_main"),
-    "audit": ("pcamflow.audit", "cli_main"),
-    "prepare": ("pcamflow.prepare", "cli_main"),
-    "train": ("pcamflow.train", "cli_main"),
-    "bench": ("pcamflow.bench", "cli_main"),
-    "download": ("pcamflow.download", "cli_main"),
-    "cost": ("pcamflow.cost", "cli_main"),
-    "predict": ("pcamflow.predict", "cli_main"),
+    "synth": ("pcamflow.data.synthesize", "cli_main"),
+    "audit": ("pcamflow.data.audit", "cli_main"),
+    "prepare": ("pcamflow.data.prepare", "cli_main"),
+    "train": ("pcamflow.training.train", "cli_main"),
+    "throughput": ("pcamflow.throughput.measure", "cli_main"),
+    "download": ("pcamflow.data.download", "cli_main"),
+    "cost": ("pcamflow.throughput.cost", "cli_main"),
+    "predict": ("pcamflow.deployment.predict", "cli_main"),
 }
 
 
@@ -88,7 +89,7 @@ def _train(sub):
 
 
 def _bench(sub):
-    p = sub.add_parser("bench", help="measure img/s of one configuration and append a CSV row")
+    p = sub.add_parser("throughput", help="measure img/s of one configuration and append a CSV row")
     p.add_argument("--mode", required=True, choices=["data", "naive", "forward", "train"])
     p.add_argument(
         "--data", required=True, help="prepared store (naive: a raw _x.h5 with its _y.h5 beside it)"
@@ -97,9 +98,8 @@ def _bench(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20)
+    for option in ("--workers", "--warmup", "--steps"):
+        p.add_argument(option, type=int, help="default: the config schema's `throughput:` default")
     p.add_argument("--out", required=True, help="CSV to append a row to")
     p.add_argument("--partition", default="", help="label written in the row's partition column")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -110,7 +110,7 @@ def _download(sub):
     p.add_argument(
         "--data-dir", required=True, help="directory for the six .h5 files (present ones are kept)"
     )
-    p.add_argument("--base-url", help="where the .gz files live (default: Zenodo record 2546921)")
+    p.add_argument("--base-url", help=f"where the .gz files live (default: Zenodo record {ZENODO_RECORD})")
     p.add_argument("--retries", type=int, help="resumed attempts per file after an interruption")
     p.add_argument("--meta", action="store_true", help="also fetch the meta CSVs (best effort, no md5)")
 
@@ -121,7 +121,8 @@ def _cost(sub):
     p.add_argument(
         "--train-tiles",
         type=int,
-        help="training tiles per epoch (default: full PCAM's 262144; the course subset has 157286)",
+        help=f"training tiles per epoch (default: full PCAM's {FULL_SIZES['train']}; "
+        f"the course subset has {COURSE_TRAIN_SIZE})",
     )
 
 
@@ -158,7 +159,7 @@ _PARSERS = {
     "audit": _audit,
     "prepare": _prepare,
     "train": _train,
-    "bench": _bench,
+    "throughput": _bench,
     "download": _download,
     "cost": _cost,
     "predict": _predict,

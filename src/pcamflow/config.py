@@ -11,7 +11,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .errors import PcamflowError
+from pcamflow.errors import PcamflowError
+from pcamflow.rundir import VAL_METRICS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
 GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a grid point
@@ -20,7 +21,10 @@ GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a gr
 @lru_cache(maxsize=1)
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as fh:
-        return yaml.safe_load(fh)
+        schema = yaml.safe_load(fh)
+    # the validation metrics are named once, in the run-directory contract
+    schema["$defs"]["val_metric"]["enum"] = list(VAL_METRICS)
+    return schema
 
 
 def _with_defaults(validator_class):
@@ -30,7 +34,7 @@ def _with_defaults(validator_class):
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
             for name, sub in properties.items():
-                sub = _resolve(validator, sub)
+                sub = _resolve(sub)
                 if "default" in sub:
                     instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from check_properties(validator, properties, instance, schema)
@@ -38,9 +42,11 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def _resolve(validator, sub: dict) -> dict:
+def _resolve(sub: dict) -> dict:
+    """A property's schema with its $ref's target filled in (its own keys, e.g. a default, win)."""
     if "$ref" in sub:
-        return validator.schema["$defs"][sub["$ref"].rsplit("/", 1)[-1]]
+        rest = {k: v for k, v in sub.items() if k != "$ref"}
+        return {**load_schema()["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **rest}  # every $def is there
     return sub
 
 
@@ -122,12 +128,7 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 
 def grid_points(cfg: dict) -> list[dict]:
-    """Every combination of the grid's values, in a stable order (keys as in the config)."""
+    """Every combination of a validated config's grid values, keys in GRID_KEYS order (paths never
+    depend on YAML order; the schema requires every key, with at least one value, and no other)."""
     grid = cfg["grid"]
-    for key in GRID_KEYS:
-        if not grid.get(key):
-            raise PcamflowError(f"config key 'grid.{key}': the list is empty; give at least one value")
-    keys = [k for k in GRID_KEYS if k in grid] + sorted(
-        set(grid) - set(GRID_KEYS)
-    )  # paths never depend on YAML order
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(GRID_KEYS, values)) for values in itertools.product(*(grid[k] for k in GRID_KEYS))]

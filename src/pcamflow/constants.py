@@ -1,4 +1,4 @@
-"""PCAM facts, defined once (see shared DESIGN.md)."""
+"""PCAM facts, defined once (Veeling et al. 2018; the dataset's Zenodo record and README)."""
 
 SPLITS = ("train", "valid", "test")
 TILE_SHAPE = (96, 96, 3)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from pcamflow.rundir import LOWER_IS_BETTER
+
 # Reasons a metric is undefined (user-facing text).
 NO_POSITIVES = "no positive labels"
 NO_NEGATIVES = "no negative labels"
 NO_PREDICTED_POSITIVES = "no predicted positives"
 EMPTY = "no samples"
 METRIC_NAMES = ("accuracy", "precision", "recall", "f2", "fbeta", "roc_auc", "pr_auc", "average_precision")
-# Validation (selection) metrics where lower is better; higher is better for every other one. This
-# and is_better live here, not in train.py, so that aggregation jobs rank without importing torch.
-LOWER_IS_BETTER = frozenset({"val_loss"})
+# is_better lives here, not in train.py, so that aggregation jobs rank without importing torch.
 
 
 def is_better(value: float | None, best: float | None, metric: str) -> bool:

@@ -15,15 +15,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .io import atomic_path, write_text  # noqa: E402
+from pcamflow.io import atomic_path, write_text  # noqa: E402
+from pcamflow.rundir import epoch_panels  # noqa: E402
 
 DPI = 110
 # (panel title, [(history key, label)]) of the per-epoch training curves
-EPOCH_PANELS = (
-    ("loss", [("train_loss", "train"), ("val_loss", "validation")]),
-    ("ranking", [("val_auc", "val ROC-AUC"), ("val_pr_auc", "val PR-AUC")]),
-    ("threshold 0.5", [("val_accuracy", "val accuracy"), ("val_f2", "val F2")]),
-)
+EPOCH_PANELS = epoch_panels()
 STEP_PANELS = (
     ("train_loss_step", "training loss"),
     ("grad_norm", "global gradient norm"),

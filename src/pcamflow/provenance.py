@@ -6,7 +6,6 @@ import os
 import platform
 import socket
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +80,6 @@ def slurm_job_id() -> str | None:
     if job and task:
         return f"{os.environ.get('SLURM_ARRAY_JOB_ID', job)}_{task}"
     return job or None
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def host_record(device: torch.device) -> dict:

@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from .errors import PcamflowError, Preempted
+from pcamflow.errors import PcamflowError, Preempted
 
 
 def run_script(snakemake, main: Callable[[object], None]) -> None:

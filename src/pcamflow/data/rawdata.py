@@ -1,0 +1,207 @@
+"""Raw PCAM H5 files: validate one split's (x, y) pair, stream its tiles in blocks, clean them.
+
+`clean_tiles` is the single definition of a "cleaned tile" (NaN/inf -> 0, clip to [0, 255],
+round, uint8): the audit, prepare, evaluation and the naive loader benchmark all use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pcamflow import constants
+from pcamflow.errors import PcamflowError, first_line
+
+H5_SUFFIXES = (".h5", ".hdf5")
+X_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
+TILE_VALUES = int(np.prod(constants.TILE_SHAPE))  # values per tile (96 * 96 * 3)
+
+
+@dataclass
+class RawTiles:
+    """An open, validated x dataset: the tiles stay on disk and are read in blocks."""
+
+    x_path: Path
+    x: h5py.Dataset
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Raw tiles [start, stop) as stored (uint8 or float); a read failure names the file."""
+        try:
+            return self.x[start:stop]
+        except (OSError, RuntimeError) as exc:
+            raise PcamflowError(
+                f"{self.x_path}: cannot read tiles {start}-{stop} (truncated or corrupt file?): {first_line(exc)}"
+            ) from None
+
+    def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, raw tiles) for consecutive blocks of at most block_size tiles."""
+        if block_size < 1:
+            raise PcamflowError(f"block size must be at least 1, got {block_size}")
+        for start in range(0, len(self), block_size):
+            yield start, self.read(start, min(start + block_size, len(self)))
+
+
+@dataclass
+class RawSplit(RawTiles):
+    """One open, validated split: x on disk as in RawTiles; the labels are small and loaded."""
+
+    y_path: Path
+    labels: np.ndarray  # (N,) uint8 in {0, 1}
+    y_shape: tuple  # as stored: (N, 1, 1, 1) in PCAM, or (N,)
+    y_dtype: np.dtype  # as stored
+
+
+@contextlib.contextmanager
+def open_tiles(x_path: str | os.PathLike) -> Iterator[RawTiles]:
+    """Open and validate an x file alone (tiles without labels); problems are one-line PcamflowErrors."""
+    x_path = Path(x_path)
+    with _open_h5(x_path) as x_file:
+        yield RawTiles(x_path=x_path, x=_validated_x(x_file, x_path))
+
+
+@contextlib.contextmanager
+def open_split(x_path: str | os.PathLike, y_path: str | os.PathLike) -> Iterator[RawSplit]:
+    """Open and validate one split's x and y files; every problem is a one-line PcamflowError."""
+    x_path, y_path = Path(x_path), Path(y_path)
+    with _open_h5(x_path) as x_file, _open_h5(y_path) as y_file:
+        x = _validated_x(x_file, x_path)
+        y = _dataset(y_file, y_path, constants.Y_KEY)
+        labels = _read_labels(y, y_path)
+        if len(labels) != x.shape[0]:
+            raise PcamflowError(
+                f"{x_path}: holds {x.shape[0]} tiles but {y_path} holds {len(labels)} labels (lengths differ)"
+            )
+        yield RawSplit(x_path=x_path, x=x, y_path=y_path, labels=labels, y_shape=y.shape, y_dtype=y.dtype)
+
+
+def clean_tiles(tiles: np.ndarray, *, in_place: bool = False) -> np.ndarray:
+    """The cleaned uint8 tiles: NaN and +-inf -> 0, clip to [0, 255], round half to even.
+
+    uint8 input is returned as it is. With in_place=True a float input is overwritten on the way
+    (saves one block-sized copy while streaming); the result is always a new uint8 array.
+    """
+    if tiles.dtype == np.uint8:
+        return tiles
+    work = tiles if in_place else tiles.copy()
+    np.nan_to_num(work, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.clip(work, 0, 255, out=work)
+    np.rint(work, out=work)
+    return work.astype(np.uint8)
+
+
+def channel_histograms(tiles: np.ndarray) -> np.ndarray:
+    """(3, 256) int64 counts of each value per channel of cleaned uint8 tiles."""
+    channels = tiles.shape[-1]
+    return np.stack([np.bincount(tiles[..., c].ravel(), minlength=256) for c in range(channels)]).astype(
+        np.int64
+    )
+
+
+def histogram_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std on the [0, 1] scale of a (3, 256) histogram of uint8 values."""
+    values = np.arange(counts.shape[1], dtype=np.float64) / (counts.shape[1] - 1)
+    weights = counts / counts.sum(axis=1, keepdims=True)
+    mean = (weights * values).sum(axis=1)
+    var = (weights * (values[None, :] - mean[:, None]) ** 2).sum(axis=1)
+    return mean, np.sqrt(var)
+
+
+def split_paths(raw_dir: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    """The (x, y) file paths of a split inside a directory of PCAM files."""
+    raw_dir = Path(raw_dir)
+    return raw_dir / constants.raw_filename(split, "x"), raw_dir / constants.raw_filename(split, "y")
+
+
+def meta_path(x_path: str | os.PathLike, split: str) -> Path:
+    """Where PCAM keeps a split's meta CSV: beside its x file."""
+    return Path(x_path).parent / constants.meta_filename(split)
+
+
+def labels_path(x_path: str | os.PathLike) -> Path:
+    """Where PCAM keeps a split's labels: the `_y.h5` file beside its `_x.h5` (existing or not)."""
+    x_path = Path(x_path)
+    for suffix in H5_SUFFIXES:
+        x_end = f"_x{suffix}"
+        if x_path.name.endswith(x_end):
+            return x_path.with_name(x_path.name[: -len(x_end)] + f"_y{suffix}")
+    raise PcamflowError(f"{x_path}: expected a raw PCAM '_x.h5' file (its '_y.h5' beside it)")
+
+
+# ---- validation helpers ----
+
+
+@contextlib.contextmanager
+def _open_h5(path: Path) -> Iterator[h5py.File]:
+    if not path.exists():
+        raise PcamflowError(f"{path}: no such file")
+    if path.is_dir():
+        raise PcamflowError(f"{path}: is a directory, expected an HDF5 file")
+    if path.stat().st_size == 0:
+        raise PcamflowError(f"{path}: empty file (0 bytes), expected HDF5")
+    if not h5py.is_hdf5(path):
+        raise PcamflowError(f"{path}: not an HDF5 file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise PcamflowError(
+            f"{path}: unreadable HDF5 file (truncated or corrupt): {first_line(exc)}"
+        ) from None
+    with handle:
+        yield handle
+
+
+def _dataset(handle: h5py.File, path: Path, key: str) -> h5py.Dataset:
+    if key not in handle or not isinstance(handle[key], h5py.Dataset):
+        found = ", ".join(repr(k) for k in handle) or "none"
+        raise PcamflowError(f"{path}: no dataset {key!r} (keys found: {found})")
+    return handle[key]
+
+
+def _validated_x(handle: h5py.File, path: Path) -> h5py.Dataset:
+    x = _dataset(handle, path, constants.X_KEY)
+    _check_x(x, path)
+    return x
+
+
+def _check_x(x: h5py.Dataset, path: Path) -> None:
+    if x.ndim != 4 or x.shape[1:] != constants.TILE_SHAPE:
+        raise PcamflowError(f"{path}: dataset 'x' has shape {x.shape}; expected (N, 96, 96, 3)")
+    if x.dtype not in X_DTYPES:
+        raise PcamflowError(f"{path}: dataset 'x' has dtype {x.dtype}; expected uint8, float32 or float64")
+    if x.shape[0] == 0:
+        raise PcamflowError(f"{path}: empty split (0 tiles)")
+
+
+def _read_labels(y: h5py.Dataset, path: Path) -> np.ndarray:
+    if y.ndim == 0 or y.shape[1:] not in ((), constants.Y_SHAPE):
+        raise PcamflowError(f"{path}: dataset 'y' has shape {y.shape}; expected (N, 1, 1, 1) or (N,)")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise PcamflowError(f"{path}: dataset 'y' has dtype {y.dtype}; expected integer or float labels")
+    if y.shape[0] == 0:
+        raise PcamflowError(f"{path}: empty split (0 labels)")
+    try:
+        values = y[()].reshape(-1)
+    except (OSError, RuntimeError) as exc:
+        raise PcamflowError(
+            f"{path}: cannot read labels (truncated or corrupt file?): {first_line(exc)}"
+        ) from None
+    bad = ~((values == 0) | (values == 1))  # NaN is neither
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise PcamflowError(
+            f"{path}: {int(bad.sum())} labels outside {{0, 1}} (first: {values[first].item()!r} at row {first})"
+        )
+    return values.astype(np.uint8)

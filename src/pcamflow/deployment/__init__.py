@@ -1,0 +1,1 @@
+"""deployment: see the package docstring in README."""

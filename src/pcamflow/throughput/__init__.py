@@ -1,0 +1,1 @@
+"""throughput: see the package docstring in README."""
