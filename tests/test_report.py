@@ -78,9 +78,10 @@ def finished_report(tmp_path_factory) -> Path:
     return workdir
 
 
-def report_variable(html: str, name: str):
+def report_variable(html: str, name: str, script_id: str | None = None):
     """A JSON value the report embeds as `var <name> = ...;` in its own <script> element."""
-    match = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, re.S)
+    script_id = script_id or name
+    match = re.search(rf'<script id="{script_id}">\s*var {name} = (.*?);\s*</script>', html, re.S)
     assert match, f"report has no `var {name}`"
     return json.loads(match.group(1))
 
@@ -116,7 +117,9 @@ def test_every_report_output_is_in_the_report(finished_report):
 
 @pytest.mark.slow
 def test_the_report_and_the_terminal_give_the_answer_first_and_name_the_failed_run(finished_report):
-    first_page = report_variable((finished_report / "report.html").read_text(), "workflow_desc")
+    first_page = report_variable(
+        (finished_report / "report.html").read_text(), "workflow_desc", "workflow-desc"
+    )
     assert first_page.index("The answer first") < first_page.index("pcamflow trained every grid point")
     for expected in (
         "champion (chosen on validation)",
