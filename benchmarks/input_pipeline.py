@@ -1,18 +1,25 @@
-"""Input pipeline vs the course template's loader, and the input share of a CNN training step.
+"""Input pipeline vs the course's loader (two baselines), its gather-only bound, and the input share
+of a CNN training step.
 
-Goals (issue 3, on a 2-core machine): the pipeline delivers >= 30x the naive loader's img/s at the
-same batch size and worker count, and input time is <= 10% of a CNN training epoch.
+Goals (issues 3 and 13, on a 2-core machine): the pipeline (gather, D4, uint8 -> float, normalise,
+NCHW) delivers >= 30x the course loader's img/s at the same batch size and cores, and input time is
+<= 10% of a CNN training step.
 
-Uses the workflow's own data (run `snakemake --cores 2 results/prepared/manifest.json` first):
-the raw train file (for `naive`) and the prepared store (for `data` and `train`). "Same worker
-count": the naive loader gets `--workers` DataLoader worker processes, the pipeline as many torch
-threads (`--threads`, the CPUs its compiled transform shares a batch over); both use the same cores.
-The naive loader's cost depends on the H5 layout, so it is also timed on a float32 copy of the
-first tiles (the course's copy of PCAM stored float32). Every figure comes from
-`pcamflow.throughput.measure.bench_row`, the function behind `pcamflow bench`, and is the median of
-`--repeats` measurements (wall-clock img/s; a shared VM's figures jump by 20% between runs).
+Uses the workflow's own data (run `snakemake --cores 2 results/prepared/manifest.json` first): the
+raw train file (for the baselines) and the prepared store (for the pipeline and the bounds).
+  - course loader (`naive`): the course's own DataLoader, H5 files opened once per worker and kept
+    open, per-sample PIL transforms, in `--workers` worker processes;
+  - reopen (`reopen`): the same loader reopening both H5 files for every tile (torchvision's `PCAM`);
+  - pipeline (`data`): `pcamflow.data.pipeline` as training runs it, in `--threads` torch threads;
+  - bounds, one thread: a plain uint8 gather of random tiles (`np.take` into a reused buffer), and
+    that gather plus a float32 NCHW conversion in numpy (no D4, no normalisation).
+"Same cores": the baselines' worker processes and the pipeline's threads use the same cores. The
+baselines' cost depends on the H5 layout, so they are also timed on a float32 copy of the first
+tiles (the course's copy of PCAM stored float32). Figures are medians of `--repeats` measurements,
+taken in turns (pipeline, baselines, bounds, then again), so a change in the machine's load hits
+them alike; on a shared machine single figures jump by 20% or more.
 
-    .venv/bin/python benchmarks/input_pipeline.py
+    .venv/bin/python benchmarks/input_pipeline.py --repeats 5
     .venv/bin/python benchmarks/input_pipeline.py --batch-sizes 1 8 32 128 --repeats 7
 """
 
@@ -21,6 +28,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import h5py
@@ -29,11 +38,12 @@ import numpy as np
 from pcamflow import constants
 from pcamflow.data.rawdata import labels_path, open_split
 from pcamflow.errors import PcamflowError
-from pcamflow.throughput.measure import BenchSpec, bench_row
+from pcamflow.throughput.measure import BenchSpec, bench_row, train_split
 
 RESULTS = Path("results")
 COPY_TILES = 1024  # tiles copied into the float32 layout
-GOAL = 30.0
+GOAL = 30.0  # x the course loader
+BASELINES = {"naive": "course loader (files kept open)", "reopen": "reopen per tile"}
 
 
 def main() -> None:
@@ -44,12 +54,12 @@ def main() -> None:
         "--raw-x", default=str(RESULTS / "data/synthetic" / constants.raw_filename("train", "x"))
     )
     parser.add_argument("--store", default=str(RESULTS / "prepared"))
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--workers", type=int, default=2, help="naive loader worker processes")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="pipeline (torch) threads")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per figure (median)")
     parser.add_argument("--data-images", type=int, default=4000, help="images per pipeline measurement")
-    parser.add_argument("--naive-steps", type=int, default=20, help="timed batches per naive measurement")
+    parser.add_argument("--naive-steps", type=int, default=20, help="timed batches per baseline measurement")
     parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=30, help="timed CNN training steps")
     args = parser.parse_args()
@@ -62,10 +72,23 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="pcamflow-bench-") as tmp:
         layouts = _layouts(Path(args.raw_x), Path(tmp))
-        print(f"pipeline: {args.threads} threads; naive: {args.workers} workers; median of {args.repeats}")
+        print(
+            f"pipeline: {args.threads} threads; baselines: {args.workers} DataLoader workers; "
+            f"bounds: 1 thread; img/s, median of {args.repeats} (all figures taken in turns)"
+        )
         for batch_size in args.batch_sizes:
-            data = _median(
-                args.repeats,
+            report(batch_size, median_rates(args, batch_size, layouts))
+    train_share(args)
+
+
+def median_rates(args: argparse.Namespace, batch_size: int, layouts: dict[str, Path]) -> dict[str, float]:
+    """img/s of every figure at one batch size: the median over `repeats` rounds of all of them."""
+    x = train_split(args.store).x
+    rng = np.random.default_rng(0)
+    rates = defaultdict(list)
+    for _ in range(args.repeats):
+        rates["pipeline"].append(
+            _rate(
                 mode="data",
                 data=args.store,
                 batch_size=batch_size,
@@ -73,24 +96,53 @@ def measure(args: argparse.Namespace) -> None:
                 warmup=5,
                 steps=max(20, args.data_images // batch_size),
             )
-            print(f"batch {batch_size:>4}: pipeline {data:>9,.0f} img/s")
-            for layout, raw_x in layouts.items():
-                naive = _median(
-                    args.repeats,
-                    mode="naive",
-                    data=str(raw_x),
-                    batch_size=batch_size,
-                    workers=args.workers,
-                    threads=args.threads,
-                    warmup=2,
-                    steps=args.naive_steps,
+        )
+        for layout, raw_x in layouts.items():
+            for mode in BASELINES:
+                rates[(mode, layout)].append(
+                    _rate(
+                        mode=mode,
+                        data=str(raw_x),
+                        batch_size=batch_size,
+                        workers=args.workers,
+                        threads=args.threads,
+                        warmup=2,
+                        steps=args.naive_steps,
+                    )
                 )
-                ratio = data / naive
-                verdict = "meets" if ratio >= GOAL else "misses"
-                print(
-                    f"            naive {naive:>9,.0f} img/s ({layout}): {ratio:.1f}x, {verdict} {GOAL:.0f}x"
-                )
+        rates["gather"].append(gather_rate(x, batch_size, args.data_images, rng, to_float=False))
+        rates["gather_float"].append(gather_rate(x, batch_size, args.data_images, rng, to_float=True))
+    return {key: statistics.median(values) for key, values in rates.items()}
 
+
+def report(batch_size: int, rates: dict) -> None:
+    pipeline = rates["pipeline"]
+    print(f"batch {batch_size:>4}: pipeline {pipeline:>9,.0f}")
+    print(
+        f"            bounds: uint8 gather {rates['gather']:>9,.0f}; numpy gather + float NCHW "
+        f"{rates['gather_float']:>9,.0f} (pipeline at {pipeline / rates['gather_float']:.2f}x the latter)"
+    )
+    for (mode, layout), rate in ((k, v) for k, v in rates.items() if isinstance(k, tuple)):
+        ratio = pipeline / rate
+        verdict = f", {'meets' if ratio >= GOAL else 'misses'} {GOAL:.0f}x" if mode == "naive" else ""
+        print(f"            {BASELINES[mode]:<31} {rate:>9,.0f} ({layout}): pipeline {ratio:.1f}x{verdict}")
+
+
+def gather_rate(x: np.ndarray, batch_size: int, images: int, rng, *, to_float: bool) -> float:
+    """img/s of a plain uint8 gather of random tiles into a reused buffer (one thread); with
+    `to_float`, plus numpy's float32 NCHW conversion into a reused buffer (no D4, no normalisation)."""
+    batches = rng.integers(0, len(x), (max(1, images // batch_size), batch_size))
+    tiles = np.empty((batch_size, *x.shape[1:]), np.uint8)
+    planes = np.empty((batch_size, x.shape[3], x.shape[1], x.shape[2]), np.float32)
+    start = time.perf_counter()
+    for idx in batches:
+        np.take(x, idx, axis=0, out=tiles, mode="clip")
+        if to_float:
+            planes[...] = tiles.transpose(0, 3, 1, 2)
+    return batches.size / (time.perf_counter() - start)
+
+
+def train_share(args: argparse.Namespace) -> None:
     train = bench_row(
         BenchSpec(
             mode="train",
@@ -110,11 +162,10 @@ def measure(args: argparse.Namespace) -> None:
     )
 
 
-def _median(repeats: int, **spec) -> float:
-    rows = [bench_row(BenchSpec(**spec)) for _ in range(repeats)]
-    for row in rows:
-        _measured(row, f"{spec['mode']} batch {spec['batch_size']}")
-    return statistics.median(row["img_per_s"] for row in rows)
+def _rate(**spec) -> float:
+    row = bench_row(BenchSpec(**spec))
+    _measured(row, f"{spec['mode']} batch {spec['batch_size']}")
+    return row["img_per_s"]
 
 
 def _measured(row: dict, what: str) -> None:

@@ -51,7 +51,7 @@ rule champion:
         metric=config["champion"]["metric"],
         # grid points with fewer successful seeds do not compete (default: every seed of the config)
         min_seeds=config["champion"]["min_seeds"] or len(config["seeds"]),
-        training=config["training"],
+        training=TRAINING_PARAMS,
     script:
         "../workflow_scripts/champion.py"
 

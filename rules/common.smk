@@ -7,7 +7,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 # envs/pcamflow.yaml installs pcamflow from here (`-e ${PCAMFLOW_ROOT}`) for `--sdm conda` jobs
 os.environ.update(PCAMFLOW_ROOT=workflow.basedir)
 
-from pcamflow import constants, rundir
+from pcamflow import constants
+
+from pcamflow import rundir
 from pcamflow.config import GRID_KEYS, grid_points, validate_config
 from pcamflow.errors import PcamflowError
 from pcamflow.training.runstatus import ATTEMPTS_ENV

@@ -8,8 +8,8 @@ from pcamflow.data.store import store_files
 rule throughput:
     input:
         store=store_files(PREPARED, ["train"]),
-        # the naive loader (the course template's) reads the raw train file
-        raw=raw_files("train") if "naive" in config["throughput"]["modes"] else [],
+        # the course's loader (modes naive and reopen) reads the raw train file
+        raw=(raw_files("train") if {"naive", "reopen"} & set(config["throughput"]["modes"]) else []),
     output:
         THROUGHPUT_CSV,
     log:
@@ -24,7 +24,7 @@ rule throughput:
         cpus_per_task=lambda wildcards: config["partitions"][wildcards.partition]["cpus"],
         gpu=lambda wildcards: config["partitions"][wildcards.partition]["gpus"],
         # the store's train split is held in memory (memory-mapped when it would not fit); the
-        # naive loader reads the raw file one tile at a time, so that file does not count
+        # course's loader reads the raw file one tile at a time, so that file does not count
         mem_mb=lambda wildcards, input: 3000 + int(1.2 * input_mb(input.store)),
     params:
         partition=lambda wildcards: config["partitions"][wildcards.partition],

@@ -3,6 +3,9 @@
 from pcamflow.data.store import store_files
 
 RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
+# the training settings as rule params (a change reruns the rule); device_resident only says where
+# batches are gathered (the same values either way): the train script reads it from the config
+TRAINING_PARAMS = {k: v for k, v in config["training"].items() if k != "device_resident"}
 
 
 rule train:
@@ -38,7 +41,7 @@ rule train:
     params:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
-        training=config["training"],
+        training=TRAINING_PARAMS,
         # from the input, not PREPARED: Snakemake's lint wants path params derived from the files
         data=lambda wildcards, input: str(Path(input[0]).parent),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them

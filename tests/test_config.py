@@ -102,3 +102,24 @@ def test_dry_run_of_default_config_plans_one_train_job_per_run(workflow_dir):
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, flags=re.M))
     assert int(counts["train"]) == len(grid_points(cfg)) * len(cfg["seeds"])
     assert int(counts["throughput"]) == len(cfg["partitions"])
+
+
+@pytest.mark.parametrize(
+    ("override", "phrase"),
+    [
+        ({"seeds": [1, 1]}, "key 'seeds': [1, 1] has non-unique elements"),
+        ({"grid": {"lr": [1, 1.0]}}, "key 'grid.lr': [1, 1.0] has non-unique elements"),
+        ({"seeds": [1.0]}, "key 'seeds.0': 1.0 is not a whole number"),
+        ({"seeds": [2**64]}, f"key 'seeds.0': {2**64} is greater than the maximum"),
+        ({"grid": {"lr": [float("inf")]}}, "key 'grid.lr.0': inf is not a finite number"),
+        ({"grid": {"lr": [float("nan")]}}, "key 'grid.lr.0': nan is not a finite number"),
+        (
+            {"synthetic": {"n_train": 100}, "grid": {"batch_size": [64, 128]}},
+            "key 'grid.batch_size': 128 is larger than the train split (100 tiles)",
+        ),
+    ],
+)
+def test_values_the_workflow_cannot_handle_are_refused_in_one_line(override, phrase):
+    with pytest.raises(PcamflowError) as err:
+        validate_config(override)
+    assert phrase in str(err.value) and "\n" not in str(err.value), str(err.value)

@@ -106,3 +106,23 @@ def test_a_broken_raw_file_stops_the_audit_with_one_line_and_no_output(workflow_
     ]
     assert errors and errors[0].startswith(f"pcamflow: error: {broken}: unreadable HDF5 file (truncated")
     assert not list((workflow_dir / "results/audit").glob("valid*"))
+
+
+def test_no_snakemake_command_deletes_or_overwrites_raw_files_that_were_there(workflow_dir, tmp_path):
+    """PCAM files already in data_dir are the user's: -F, --forcerun download and --delete-all-output
+    keep them byte for byte (none is an output of `download`, which only fetches missing files)."""
+    from pcamflow.io import sha256sum
+
+    raw_dir = tmp_path / "pcam"
+    write_raw_dir(raw_dir, {"train": 4, "valid": 4, "test": 4}, dtype=np.uint8)
+    before = {p.name: sha256sum(p) for p in raw_dir.iterdir()}
+    config = ["--configfile", "config/test.yaml", "--config", "dataset=pcam", f"data_dir={raw_dir}"]
+    # an unreachable mirror: a download attempt fails instead of fetching anything
+    config.append(f"download={{'base_url': 'file://{tmp_path}/no-mirror'}}")
+    listed = snakemake(workflow_dir, "--delete-all-output", "--dry-run", "--cores", "1", *config).stdout
+    assert str(raw_dir) not in listed
+    for force in (["-F"], ["--forcerun", "download"]):
+        snakemake(workflow_dir, "results/audit/valid.json", "--cores", "1", *force, *config)
+        assert {p.name: sha256sum(p) for p in raw_dir.iterdir()} == before
+    snakemake(workflow_dir, "--delete-all-output", "--cores", "1", *config)
+    assert {p.name: sha256sum(p) for p in raw_dir.iterdir()} == before

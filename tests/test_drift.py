@@ -105,3 +105,20 @@ def test_predict_warns_on_shifted_stain_and_not_on_the_test_split(tmp_path):
     assert "drift check passed on 256 tiles" in outputs["test"].stderr
     assert "DRIFT WARNING" in outputs["stained"].stderr
     assert "G w1 0." in outputs["stained"].stderr
+
+
+def test_a_couple_of_dozen_tiles_of_another_stain_warn_and_in_distribution_ones_stay_quiet():
+    """Small inputs are judged on gross changes: 25 tiles of a different stain warn; random 25-tile
+    batches of the test split stay quiet; fewer than min_tiles_gross say they are too small to judge."""
+    x = synthetic_tiles("test", 1000)[0]
+    stained = _histogram(shift_stain(x[:25], (0.5, 0.5, 0.5)))
+    report = compare(_reference(), stained.counts, stained.n_tiles)
+    assert report.checked and report.drifted, report.summary()
+    assert "DRIFT WARNING" in report.summary() and "25 tiles" in report.summary()
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        batch = _histogram(x[rng.choice(len(x), 25, replace=False)])
+        report = compare(_reference(), batch.counts, batch.n_tiles)
+        assert report.checked and not report.drifted, report.summary()
+    tiny = _histogram(shift_stain(x[:5], (0.5, 0.5, 0.5)))
+    assert "too small to judge" in compare(_reference(), tiny.counts, tiny.n_tiles).summary()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn import metrics as skm
+from train_fixtures import write_manifest
 
 from pcamflow.data.pipeline import predict_proba
 from pcamflow.errors import PcamflowError
@@ -192,7 +193,7 @@ def tiny_store(root, n=12):
         np.save(root / f"{split}_y.npy", (np.arange(n) % 2).astype(np.uint8))
         np.save(root / f"{split}_index.npy", np.arange(n, dtype=np.int64) * 2)
     (root / "stats.json").write_text(json.dumps({"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}))
-    return root
+    return write_manifest(root)  # evaluation verifies the store against it
 
 
 def test_predictions_are_made_once_per_checkpoint_with_the_pipeline(tmp_path):

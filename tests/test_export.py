@@ -149,3 +149,114 @@ def test_bundle_loads_and_predicts_with_torch_alone(bundle_dir, tmp_path):
     expected = predict_tiles(load_bundle(bundle_dir), x)
     np.testing.assert_allclose(out["prob"], expected, rtol=0, atol=1e-6)
     assert out["label"] == list(expected >= 0.25)
+
+
+class _Marker:
+    """A pickle payload that would create a directory when unpickled (code in a bundle)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def test_a_bundle_whose_program_holds_code_is_refused_before_loading(bundle_dir, tmp_path):
+    """A pickle member that runs code on load (manifest re-hashed to match) is refused in one line."""
+    import shutil
+    import zipfile
+
+    from pcamflow.io import sha256sum
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    marker = tmp_path / "code-ran"
+    original = (copy / MODEL_FILE).read_bytes()
+    with zipfile.ZipFile(io_bytes(original)) as src, zipfile.ZipFile(copy / MODEL_FILE, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("sample_inputs/model.pt"):
+                buffer = io_bytes(b"")
+                torch.save(_Marker(marker), buffer)  # torch's own zip format, as torch.export writes it
+                data = buffer.getvalue()
+            dst.writestr(info, data)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"][MODEL_FILE] = sha256sum(copy / MODEL_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    with pytest.raises(PcamflowError) as err:
+        load_bundle(copy)
+    assert not marker.exists(), "the bundle's code ran"
+    message = str(err.value)
+    assert "\n" not in message and str(copy / MODEL_FILE) in message and "sample_inputs/model.pt" in message
+
+
+def io_bytes(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+def test_the_shipped_bundle_carries_no_local_path_and_no_credential(tmp_path):
+    """Neither model.pt2 nor the handover tarball holds this machine's paths or the download URL's secret."""
+    import gzip
+    import zipfile
+    from pathlib import Path as P
+
+    from pcamflow.deployment.export import write_handover
+
+    bundle = make_bundle(tmp_path / "model")
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps({"seed": 0}))
+    secret = "s3cr3t-t0ken"
+    config = {
+        "dataset": "pcam",
+        "download": {"base_url": f"https://alice:{secret}@data.example.org/pcam?sig={secret}"},
+    }
+    tar_path = tmp_path / "bundle.tar.gz"
+    write_handover(tar_path, bundle, config, run_json)
+
+    blobs = [gzip.decompress(tar_path.read_bytes())]
+    with zipfile.ZipFile(bundle / MODEL_FILE) as program:  # members may be compressed
+        blobs += [program.read(name) for name in program.namelist()]
+    repo = str(P(__file__).resolve().parents[1])
+    for needle in (repo, str(P.home()) + "/", secret):
+        assert not any(needle.encode() in blob for blob in blobs), f"{needle} ships in the bundle"
+    assert "data.example.org/pcam" in blobs[0].decode(errors="replace")  # the URL stays, minus its secret
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (
+            lambda g: g["graph_module"]["graph"]["nodes"][0].update(target="torch.os.system"),
+            "calls 'torch.os.system'",
+        ),
+        (lambda g: g.update(guards_code=["__import__('os').system('true')"]), "carries Python guard code"),
+    ],
+    ids=["graph calls a Python function", "guard code"],
+)
+def test_a_program_graph_that_would_run_python_is_refused(bundle_dir, tmp_path, edit, phrase):
+    """Code need not hide in a pickle: the graph names the functions it calls and may carry guard code."""
+    import shutil
+    import zipfile
+
+    from pcamflow.io import sha256sum
+
+    copy = Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+    original = (copy / MODEL_FILE).read_bytes()
+    with zipfile.ZipFile(io_bytes(original)) as src, zipfile.ZipFile(copy / MODEL_FILE, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename.endswith("models/model.json"):
+                graph = json.loads(data)
+                edit(graph)
+                data = json.dumps(graph).encode()
+            dst.writestr(info, data)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["files"][MODEL_FILE] = sha256sum(copy / MODEL_FILE)
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(PcamflowError, match="refused to load") as err:
+        load_bundle(copy)
+    assert phrase in str(err.value)

@@ -1,21 +1,25 @@
-"""`pcamflow bench`: one correct CSV row per call, OOM as a row, invalid combinations, partitions."""
+"""`pcamflow throughput`: one correct CSV row per call, OOM as a row, invalid combinations, partitions."""
 
 from __future__ import annotations
 
 import logging
+import pickle
+from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from pcam_fixtures import write_split
+from torch.utils.data import DataLoader
 from train_fixtures import write_store
 
 from pcamflow.cli import main as cli
 from pcamflow.constants import TILE_SHAPE
 from pcamflow.errors import PcamflowError
 from pcamflow.throughput import measure as bench
-from pcamflow.throughput.baselines import NaiveH5Dataset, balanced_sampler
+from pcamflow.throughput.baselines import CourseH5Dataset, ReopenH5Dataset, balanced_sampler
 
 BATCH, WARMUP, STEPS = 8, 1, 2
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -57,11 +61,17 @@ def read_rows(path) -> pd.DataFrame:
 
 @pytest.mark.parametrize(
     ("mode", "model", "precision"),
-    [("data", "-", "-"), ("naive", "-", "-"), ("forward", "mlp", "bf16"), ("train", "cnn", "fp32")],
+    [
+        ("data", "-", "-"),
+        ("naive", "-", "-"),
+        ("reopen", "-", "-"),
+        ("forward", "mlp", "bf16"),
+        ("train", "cnn", "fp32"),
+    ],
 )
 def test_each_mode_appends_one_measured_row(mode, model, precision, store, raw_x, tmp_path):
     out = tmp_path / "bench.csv"
-    data = raw_x if mode == "naive" else store
+    data = raw_x if mode in bench.BASELINE_MODES else store
     options = {
         "model": "cnn" if model == "-" else model,
         "precision": "fp32" if precision == "-" else precision,
@@ -75,7 +85,7 @@ def test_each_mode_appends_one_measured_row(mode, model, precision, store, raw_x
     row = rows.iloc[0]
     assert (row["mode"], row["model"], row["precision"], row["device"]) == (mode, model, precision, "cpu")
     assert row["batch_size"] == BATCH and row["warmup"] == WARMUP and row["steps"] == STEPS
-    assert row["workers"] == (1 if mode == "naive" else 0)  # the pipeline runs in-process
+    assert row["workers"] == (1 if mode in bench.BASELINE_MODES else 0)  # the pipeline runs in-process
     assert row["status"] == "ok" and row["message"] == ""
     assert row["images"] == BATCH * STEPS  # warm-up steps are not counted
     assert float(row["img_per_s"]) == pytest.approx(row["images"] / float(row["seconds"]), rel=1e-3)
@@ -175,7 +185,7 @@ SETTINGS = {
     "models": ["mlp", "cnn"],
     "batch_sizes": [2, 4],
     "precisions": ["fp32", "fp16"],
-    "modes": ["data", "naive", "forward", "train"],
+    "modes": ["data", "naive", "reopen", "forward", "train"],
     "warmup": 0,
     "steps": 1,
     "workers": 1,
@@ -192,13 +202,14 @@ def specs_for(device, store="STORE", raw_x="RAW", settings=SETTINGS):
 def test_matrix_expands_models_and_precisions_only_where_they_apply():
     specs = specs_for("cpu")
     by_mode = {m: [s for s in specs if s.mode == m] for m in bench.MODES}
-    for mode in ("data", "naive"):  # once per batch size, no model or precision
+    for mode in ("data", "naive", "reopen"):  # once per batch size, no model or precision
         assert [(s.model, s.precision, s.batch_size) for s in by_mode[mode]] == [("-", "-", 2), ("-", "-", 4)]
     for mode in ("forward", "train"):
         combos = {(s.model, s.precision, s.batch_size) for s in by_mode[mode]}
         assert combos == {(m, p, b) for m in ("mlp", "cnn") for p in ("fp32", "fp16") for b in (2, 4)}
-    assert {s.data for s in by_mode["naive"]} == {"RAW"} and {s.workers for s in by_mode["naive"]} == {1}
-    assert {s.data for s in specs if s.mode != "naive"} == {"STORE"}
+    for mode in ("naive", "reopen"):  # the course loader's two forms read the raw file in workers
+        assert {s.data for s in by_mode[mode]} == {"RAW"} and {s.workers for s in by_mode[mode]} == {1}
+    assert {s.data for s in specs if s.mode not in ("naive", "reopen")} == {"STORE"}
     assert {(s.partition, s.device, s.threads) for s in specs} == {("p1", "cpu", 1)}
 
 
@@ -244,16 +255,53 @@ def test_gpu_partition_without_cuda_is_skipped_with_a_clear_message(tmp_path, ca
     assert "partition gpu_a100 needs CUDA" in caplog.text
 
 
-# ---- the naive loader (the course template's) ----
+# ---- the course's loader: files kept open (naive) or reopened per tile (reopen) ----
 
 
 def test_naive_dataset_cleans_and_normalises_each_tile_as_the_template_did(raw_x):
-    dataset = NaiveH5Dataset(raw_x)  # the template's mean and std, 0.5 per channel
+    dataset = CourseH5Dataset(raw_x)  # the template's mean and std, 0.5 per channel
     tile, label = dataset[1]
     assert tile.shape == (3, 96, 96) and tile.dtype == torch.float32
     assert label.item() == 0 and dataset[0][1].item() == 1
     assert tile.max().item() == pytest.approx(1.0)  # 400 was clipped to 255 -> (1 - 0.5) / 0.5
     assert torch.isfinite(dataset[0][0]).all()  # NaN -> 0
+
+
+def count_h5_opens(monkeypatch) -> list:
+    opened = []
+    real = h5py.File
+
+    def spy(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", spy)
+    return opened
+
+
+def test_the_course_loader_opens_each_file_once_and_keeps_it_open(raw_x, monkeypatch):
+    course = CourseH5Dataset(raw_x)
+    reopen = ReopenH5Dataset(raw_x)
+    opened = count_h5_opens(monkeypatch)
+    tiles = [course[i] for i in (3, 0, 7, 3)]
+    assert sorted(opened) == sorted([raw_x.name, raw_x.name.replace("_x.h5", "_y.h5")])
+    opened.clear()
+    again = [reopen[i] for i in (3, 0, 7, 3)]
+    assert len(opened) == 2 * 4  # the second baseline: both files for every tile
+    for (a, la), (b, lb) in zip(tiles, again):  # the same tiles either way
+        assert torch.equal(a, b) and la == lb
+
+
+def test_a_dataset_opened_here_still_works_in_worker_processes(raw_x):
+    dataset = CourseH5Dataset(raw_x)
+    dataset[5]  # opened in this process before the workers fork: each worker opens its own
+    order = [5, 1, 9, 2, 0, 7, 3, 11]
+    in_workers = DataLoader(dataset, batch_size=4, sampler=order, num_workers=2)
+    in_process = DataLoader(dataset, batch_size=4, sampler=order, num_workers=0)
+    for (xa, ya), (xb, yb) in zip(in_workers, in_process, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    copy = pickle.loads(pickle.dumps(dataset))  # what a spawned worker gets: no open handles
+    assert torch.equal(copy[5][0], dataset[5][0])
 
 
 def test_naive_sampler_balances_classes():
@@ -264,7 +312,7 @@ def test_naive_sampler_balances_classes():
 
 def test_naive_mode_needs_a_raw_x_file(tmp_path):
     with pytest.raises(PcamflowError, match="_x.h5"):
-        NaiveH5Dataset(tmp_path / "store")
+        CourseH5Dataset(tmp_path / "store")
 
 
 @pytest.mark.parametrize("problem", ["directory", "parent is a file", "no permission"])

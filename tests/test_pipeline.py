@@ -7,14 +7,20 @@ from train_fixtures import write_store
 
 from pcamflow.data.pipeline import (
     D4_SIZE,
+    RESIDENT_SHARE,
     BatchLoader,
     BatchTransform,
+    Tiles,
     _d4_affine,
     _d4_index_maps,
     apply_d4,
+    device_resident,
     predict_proba,
+    resident_copy,
+    resident_fits,
 )
 from pcamflow.data.store import Split, load_split, load_stats
+from pcamflow.errors import PcamflowError
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +34,8 @@ def split(store):
 
 
 def batches(loader):
-    return [(x.clone(), y.clone()) for x, y in loader]
+    """Every batch of the rest of the epoch as uint8 tensors (lazy batches gathered)."""
+    return [((x.gather() if isinstance(x, Tiles) else x).clone(), y.clone()) for x, y in loader]
 
 
 def test_an_epoch_yields_every_tile_once_as_uint8_batches(split):
@@ -69,6 +76,86 @@ def test_a_restored_loader_yields_exactly_the_remaining_batches(split):
     assert len(rest) == len(epoch1) - 3
     assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(rest, epoch1[3:]))
     assert all(torch.equal(p[0], q[0]) for p, q in zip(batches(resumed), epoch2))
+
+
+# ---- where batches are gathered: host, host with prefetch, device-resident ----
+
+INPUT_PATHS = {
+    "host": {},
+    "prefetched": {"prefetch": True},  # the background gather CUDA uses when the split does not fit
+    "resident": {"resident": True},  # on the cpu device: the same code as on CUDA, in host memory
+    "lazy": {"lazy": True},  # what CPU training uses: the transform gathers the tiles itself
+}
+
+
+@pytest.mark.parametrize("path", ["prefetched", "resident", "lazy"])
+@pytest.mark.parametrize(
+    "options", [{}, {"balanced": True}, {"drop_last": True}], ids=["shuffle", "balanced", "drop_last"]
+)
+def test_every_input_path_yields_the_host_batches_bit_for_bit(split, path, options):
+    host = BatchLoader(split, 8, seed=4, **options)
+    other = BatchLoader(split, 8, seed=4, **options, **INPUT_PATHS[path])
+    for _ in range(2):  # two epochs: each draws a new order
+        expected, got = batches(host), batches(other)
+        assert len(got) == len(expected) == len(host)
+        for (xa, ya), (xb, yb) in zip(expected, got):
+            assert xb.dtype == torch.uint8 and yb.dtype == torch.int64 and xb.is_contiguous()
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert other.state_dict()["epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [("resident", "host"), ("host", "prefetched"), ("prefetched", "lazy"), ("lazy", "resident")],
+)
+def test_a_loader_resumes_mid_epoch_on_another_input_path(split, first, then):
+    reference = batches(BatchLoader(split, 8, seed=3))
+    loader = BatchLoader(split, 8, seed=3, **INPUT_PATHS[first])
+    it = iter(loader)
+    for _ in range(3):
+        next(it)  # a prefetching loader has gathered batch 4 already: the state must not count it
+    state = loader.state_dict()
+    assert state["position"] == 3
+    resumed = BatchLoader(split, 8, seed=999, **INPUT_PATHS[then])
+    resumed.load_state_dict(state)
+    rest = batches(resumed)
+    assert len(rest) == len(reference) - 3
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(rest, reference[3:]))
+
+
+def test_a_resident_split_is_copied_once_and_the_host_array_released(store):
+    mapped = load_split(store, "train", mmap=True)
+    loader = BatchLoader(mapped, 8, seed=0, resident=True)
+    assert loader.x is None  # the loader no longer holds the memory-mapped file
+    copy = resident_copy(mapped.x, torch.device("cpu"))
+    assert copy.dtype == torch.uint8 and np.array_equal(copy.numpy(), mapped.x)
+    in_memory = np.array(mapped.x)
+    assert resident_copy(in_memory, torch.device("cpu")).data_ptr() == in_memory.ctypes.data  # shared
+
+
+def test_the_fit_rule_leaves_half_the_free_device_memory_to_the_model():
+    assert RESIDENT_SHARE == 0.5
+    full_pcam = 262_144 * 96 * 96 * 3  # 7.25 GB
+    assert resident_fits(full_pcam, free_bytes=39 * 2**30)  # a 40 GB A100
+    assert not resident_fits(full_pcam, free_bytes=5 * 2**30)  # a course MIG slice
+    assert resident_fits(100, 200) and not resident_fits(101, 200)
+
+
+def test_device_resident_setting(split):
+    assert device_resident("auto", split, "cpu") is False  # auto: CUDA only
+    assert device_resident(True, split, "cpu") is True
+    assert device_resident(False, split, "cpu") is False
+
+
+def test_a_split_that_cannot_fit_on_the_device_is_one_clear_error(monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 7.25 GiB")
+
+    x = np.zeros((4, 96, 96, 3), np.uint8)
+    x.setflags(write=False)  # as a memory-mapped split: copied, not shared
+    monkeypatch.setattr(torch, "empty", no_memory)
+    with pytest.raises(PcamflowError, match=r"training.device_resident: the train split .* does not fit"):
+        resident_copy(x, torch.device("cpu"))
 
 
 def test_balanced_sampling_draws_classes_equally():
@@ -165,6 +252,44 @@ def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, sp
             assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch", [1, 5, 40])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"compiled": False}],
+    ids=["d4", "jitter", "channels_last", "torch_ops"],
+)
+def test_lazy_tiles_read_from_the_store_give_the_gathered_batchs_values_bit_for_bit(store, batch, options):
+    mapped = load_split(store, "train", mmap=True)  # read straight from the memory-mapped file
+    idx = np.sort(np.random.default_rng(batch).integers(0, len(mapped), batch))
+    tiles = Tiles(mapped.x, idx)
+    assert tiles.shape == (batch, 96, 96, 3) and len(tiles) == batch
+    gathered = tiles.gather()
+    assert torch.equal(gathered, torch.from_numpy(mapped.x[idx]))
+    transform = BatchTransform(load_stats(store), **options)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # 40 tiles: the kernel's gather is shared over 2 threads
+    try:
+        for train in (True, False):
+            a = transform.to_input(tiles, train=train, generator=torch.Generator().manual_seed(3))
+            b = transform.to_input(gathered, train=train, generator=torch.Generator().manual_seed(3))
+            assert a.stride() == b.stride() and torch.equal(a, b)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_lazy_tiles_out_of_range_are_refused_not_read(split, store):
+    transform = BatchTransform(load_stats(store))
+    for idx in ([0, len(split)], [-1, 3]):
+        with pytest.raises(IndexError, match="tile index out of range"):
+            transform.to_input(Tiles(split.x, np.array(idx)), train=False)
+
+
+def test_lazy_batches_are_for_host_gathers_on_the_cpu(split):
+    for options in ({"resident": True}, {"device": "cuda"}):
+        with pytest.raises(ValueError, match="lazy batches"):
+            BatchLoader(split, 8, seed=0, lazy=True, **options)
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 96])

@@ -303,3 +303,50 @@ def test_an_unwritable_out_fails_before_predicting(problem, bundle_dir, tmp_path
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("the work ran although --out cannot be written")
+
+
+def test_junk_tiles_are_flagged_and_a_0_1_float_input_is_named(bundle_dir, tmp_path, predict):
+    """NaN/inf, black and white tiles carry a flag; a float H5 whose maximum is at most 1 gets a warning
+    naming the likely scaling; a 16-bit grey PNG keeps its grey levels instead of becoming white."""
+    x, y = _tiles()
+    junk = x.astype(np.float32)
+    junk[0] = np.nan
+    junk[1, 0, 0, 0] = np.inf
+    junk[2] = 0
+    junk[3] = 255
+    run = predict(bundle_dir, tmp_path / "p.csv", _h5(tmp_path, junk, y))
+    flags = list(run.table["flag"].fillna(""))
+    assert flags[:4] == ["has_nan", "has_inf", "black", "white"] and set(flags[4:]) == {""}
+
+    scaled = tmp_path / "scaled"
+    scaled.mkdir()
+    run = predict(bundle_dir, tmp_path / "s.csv", _h5(scaled, x.astype(np.float32) / 255, y))
+    assert "float tiles whose maximum is 0.9" in run.stderr and "probably scaled to [0, 1]" in run.stderr
+    assert (run.table["flag"] == "black").all()
+
+    grey = (np.linspace(0, 65535, 96 * 96).reshape(96, 96) * 0.5).astype(np.uint16)  # mid grey 16-bit
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    run = predict(bundle_dir, tmp_path / "g.csv", tmp_path / "grey16.png", extra=["--resize"])
+    assert run.status == 0 and run.table["flag"].isna().all(), run.table
+
+
+def test_out_that_is_one_of_the_inputs_is_refused(bundle_dir, tmp_path, capsys):
+    x, y = _tiles()
+    h5 = _h5(tmp_path, x, y)
+    before = h5.read_bytes()
+    from pcamflow.cli import main
+
+    y_path = h5.parent / "camelyonpatch_level_2_split_test_y.h5"
+    labels = y_path.read_bytes()
+    for out in (h5, y_path):
+        assert main(["predict", "--model", str(bundle_dir), "--out", str(out), "--input", str(h5)]) == 2
+        assert f"--out {out}: is one of the inputs" in capsys.readouterr().err
+    assert h5.read_bytes() == before and y_path.read_bytes() == labels
+
+
+def test_a_folder_holding_a_pcam_split_uses_its_labels_without_skipping_them(bundle_dir, tmp_path, predict):
+    x, y = _tiles()
+    _h5(tmp_path / "split", x, y)
+    run = predict(bundle_dir, tmp_path / "p.csv", tmp_path / "split")
+    assert run.status == 0 and "inputs skipped" not in run.stdout + run.stderr
+    assert len(run.table) == N and list(run.table["y_true"]) == list(y)

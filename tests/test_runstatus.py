@@ -69,6 +69,7 @@ def test_a_run_preempted_on_its_last_attempt_is_recorded_and_keeps_its_resume_st
         raise Preempted("SIGTERM: checkpointed at step 40; run again to resume")
 
     monkeypatch.setattr(train, "run_training", preempted)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the time limit's SIGTERM, on the job's last attempt
     runstatus.train_or_record_failure(
         {"seed": 1}, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1
     )
@@ -96,3 +97,26 @@ def test_an_injected_failure_hits_only_the_runs_it_names(store, tmp_path, monkey
     with pytest.raises(runstatus.InjectedFailure, match="injected by PCAMFLOW_INJECT_FAILURE"):
         runstatus.check_injected_failure(tmp_path / "model~mlp" / "lr~0.5" / "seed~1")
     runstatus.check_injected_failure(tmp_path / "model~mlp" / "lr~0.05" / "seed~1")
+
+
+@pytest.mark.parametrize(
+    ("message", "slurm_job"),
+    [("SIGINT: checkpointed at step 3; run again to resume", "4242"), ("SIGTERM: checkpointed", None)],
+    ids=["ctrl-c", "sigterm-outside-slurm"],
+)
+def test_a_stop_the_user_asked_for_stays_resumable_on_the_last_attempt(
+    tmp_path, monkeypatch, message, slurm_job
+):
+    def stopped(*args, **kwargs):
+        raise Preempted(message)
+
+    monkeypatch.setattr(train, "run_training", stopped)
+    if slurm_job:
+        monkeypatch.setenv("SLURM_JOB_ID", slurm_job)
+    else:
+        monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    with pytest.raises(Preempted):
+        runstatus.train_or_record_failure(
+            {"seed": 1}, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1
+        )
+    assert not (tmp_path / "out" / "run.json").exists()  # a rerun resumes it; nothing is marked failed

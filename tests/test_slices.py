@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn import metrics as skm
+from train_fixtures import write_manifest
 
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation import slices
@@ -121,6 +122,8 @@ def test_write_slices_reads_every_source_and_draws_galleries(tmp_path):
     np.save(store / "test_x.npy", x)
     np.save(store / "test_y.npy", y)
     np.save(store / "test_index.npy", np.arange(n, dtype=np.int64))
+    (store / "stats.json").write_text(json.dumps({"mean": [0.5] * 3, "std": [0.2] * 3}))
+    write_manifest(store)  # the slices job verifies the store against it
     prob = np.clip(rng.random(n) * 0.8 + 0.2 * y, 0, 1)
     np.savez(tmp_path / "p.npz", seeds=np.array([1, 2]), test_prob=np.stack([prob[::-1], prob]), test_y=y)
     (tmp_path / "eval.json").write_text(

@@ -232,3 +232,17 @@ def test_command_line_writes_the_dataset(tmp_path):
     expected |= {constants.meta_filename(s) for s in constants.SPLITS} | {constants.PLANTED_FILE}
     assert {p.name for p in out.iterdir()} == expected
     assert json.loads((out / constants.PLANTED_FILE).read_text())["poison"] is True
+
+
+def test_command_line_refuses_to_overwrite_pcam_files_unless_asked(tmp_path):
+    out = tmp_path / "course"
+    out.mkdir()
+    x_file = out / constants.raw_filename("train", "x")
+    x_file.write_bytes(b"a course copy")
+    small = ["--n-train", "6", "--n-valid", "4", "--n-test", "4"]
+    proc = pcamflow("synth", "--out", str(out), *small, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"pcamflow: error: {out}: already holds")
+    assert "--overwrite" in proc.stderr and proc.stderr.count("\n") == 1
+    assert x_file.read_bytes() == b"a course copy"
+    pcamflow("synth", "--out", str(out), *small, "--overwrite")
+    assert x_file.read_bytes() != b"a course copy"

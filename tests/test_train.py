@@ -121,6 +121,22 @@ def test_twin_runs_are_bit_identical(reference, store, tmp_path):
     assert_same_run(reference, tmp_path)
 
 
+def test_a_device_resident_run_gives_the_host_runs_history_bit_for_bit(reference, store, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pcamflow.data.pipeline")
+    run_training(run_config(store, device_resident=True), tmp_path)  # the CUDA input path, on the cpu
+    assert "input: device-resident (device_resident True)" in caplog.text
+    assert_same_run(reference, tmp_path)  # history.json (timing aside) and both checkpoints' weights
+
+
+def test_a_run_checkpointed_device_resident_resumes_with_host_gathers(reference, store, tmp_path):
+    state = tmp_path / "state"
+    with pytest.raises(train.Preempted):
+        run_training_with_signal_at_first_step(run_config(store, device_resident=True), tmp_path / "a", state)
+    run_training(run_config(store, device_resident=False), tmp_path / "b", state)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] == {"epoch": 1, "step": 1}
+    assert_same_run(reference, tmp_path / "b")
+
+
 def start_cli_run(config: dict, tmp_path, *extra: str):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(config))
@@ -170,7 +186,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_result(reference, store, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT], ids=["SIGTERM", "SIGUSR1", "SIGINT (Ctrl-C)"]
+)
 def test_a_slurm_warning_signal_checkpoints_and_exits_for_a_retry(reference, store, tmp_path, sig):
     config = run_config(store)
     proc = start_cli_run(config, tmp_path)
@@ -201,12 +219,12 @@ def test_a_checkpoint_of_another_config_is_not_resumed(store, tmp_path, caplog):
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] is None
 
 
-def run_training_with_signal_at_first_step(config, out, state):
+def run_training_with_signal_at_first_step(config, out, state, sig=signal.SIGTERM):
     original = train.train_step
 
     def step_then_signal(*args, **kwargs):
         result = original(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), sig)
         return result
 
     train.train_step = step_then_signal
@@ -309,6 +327,25 @@ def test_optimizers_and_global_grad_norm():
     model(torch.randn(5, 4)).sum().backward()
     expected = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
     torch.testing.assert_close(train.global_grad_norm(model.parameters()), expected)
+
+
+def test_ctrl_c_checkpoints_like_sigterm(store, tmp_path):
+    """SIGINT (Ctrl-C in a terminal or of a local workflow) checkpoints and stops like SIGTERM."""
+    with pytest.raises(train.Preempted, match="SIGINT: checkpointed at step 1"):
+        run_training_with_signal_at_first_step(
+            run_config(store, epochs=1), tmp_path / "a", tmp_path / "state", signal.SIGINT
+        )
+    assert load_checkpoint(tmp_path / "state" / "checkpoint_last.pt")["step"] == 1
+
+
+def test_a_corrupt_resume_checkpoint_names_the_file_to_remove(store, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "checkpoint_last.pt").write_bytes(b"half a checkpoint")
+    with pytest.raises(PcamflowError) as err:
+        run_training(run_config(store, epochs=1), tmp_path / "out", state)
+    message = str(err.value)
+    assert f"delete {state / 'checkpoint_last.pt'} to restart this run" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------- live TensorBoard and divergence

@@ -94,6 +94,14 @@ def test_train_rule_writes_a_run_and_a_retry_resumes_a_preempted_job(workflow_di
     live.Reload()
     assert [e.step for e in live.Scalars("step/train_loss_step")] == [s["step"] for s in history["steps"]]
     assert len(live.Scalars("epoch/val_auc")) == 2
+    assert run["run_config"]["training"]["device_resident"] == "auto"  # read from the config
+
+    # where batches are gathered does not change a run: switching the input path retrains nothing
+    config["training"]["device_resident"] = True
+    (workflow_dir / "resident.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = cmd[:-3] + ["--configfile", "resident.yaml", "--dry-run", target]
+    planned = subprocess.run(dry, cwd=workflow_dir, env=env, capture_output=True, text=True, check=True)
+    assert "Nothing to be done" in planned.stdout + planned.stderr, planned.stdout
 
 
 def test_a_preempted_rule_script_exits_75_with_one_line(tmp_path, capsys):

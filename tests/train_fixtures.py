@@ -6,14 +6,13 @@ steps of a tiny model already separate the classes; the training tests need no g
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 
 from pcamflow import constants
-from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path
-from pcamflow.io import write_json
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum
+from pcamflow.io import sha256sum, write_json
 
 
 def centre_signal_tiles(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,16 +30,20 @@ def write_store(store_dir: Path, sizes: dict[str, int] | None = None, seed: int 
     """A complete prepared store (arrays, train-only stats, manifest with checksum)."""
     sizes = sizes or {"train": 200, "valid": 64, "test": 64}
     store_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
     for i, (split, n) in enumerate(sizes.items()):
         x, y = centre_signal_tiles(n, seed * 10 + i)
         arrays = {"x": x, "y": y, "index": np.arange(n, dtype=np.int64)}
         for name, array in arrays.items():
             np.save(array_path(store_dir, split, name), array)
-            digest.update(array.tobytes())
         if split == "train":
             scaled = x.reshape(-1, 3) / 255.0
             stats = {"mean": scaled.mean(0).tolist(), "std": scaled.std(0).tolist(), "n_tiles": n}
     write_json(store_dir / STATS_FILE, stats)
-    write_json(store_dir / MANIFEST_FILE, {"checksum": digest.hexdigest()})
+    return write_manifest(store_dir)
+
+
+def write_manifest(store_dir: Path) -> Path:
+    """manifest.json as prepare writes it: sha256 of every file and their combined checksum."""
+    files = {p.name: sha256sum(p) for p in sorted(store_dir.iterdir()) if p.name != MANIFEST_FILE}
+    write_json(store_dir / MANIFEST_FILE, {"checksum": combined_checksum(files), "files": files})
     return store_dir

@@ -12,7 +12,7 @@ def main(smk):
         smk.params.settings,
         smk.output[0],
         store=str(stage_prepared(smk.params.store)),  # node-local copy inside a Slurm job
-        raw_x=smk.input.raw[0] if smk.input.raw else "",  # present when the naive loader is timed
+        raw_x=smk.input.raw[0] if smk.input.raw else "",  # present when the course loader is timed
         training=smk.params.training,
         threads=smk.threads,  # what Snakemake granted (capped by --cores)
     )

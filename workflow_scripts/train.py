@@ -12,7 +12,11 @@ from pcamflow.training.train import make_run_config
 
 
 def main(smk):
-    training = dict(smk.params.training, threads=smk.threads)  # what Snakemake granted (--set-threads)
+    training = dict(
+        smk.params.training,
+        threads=smk.threads,  # what Snakemake granted (--set-threads)
+        device_resident=smk.config["training"]["device_resident"],  # operational: not a param
+    )
     run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.data)
     # a Preempted run (checkpointed on SIGTERM/SIGUSR1) exits 75 in run_script: the retry resumes it
     train_or_record_failure(

@@ -41,6 +41,7 @@ def _synth(sub):
     p.add_argument(
         "--workers", type=int, default=1, help="processes rendering tiles (same files for any number)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace PCAM-named files already in --out")
 
 
 def _audit(sub):
@@ -77,8 +78,8 @@ def _train(sub):
         "train",
         help="run one training run outside Snakemake",
         description="Train one run config {data, model, lr, batch_size, optimizer, seed, training}. "
-        "A run that finds a checkpoint in its state directory resumes from it; on SIGTERM/SIGUSR1 it "
-        "checkpoints and exits 75.",
+        "A run that finds a checkpoint in its state directory resumes from it; on SIGTERM/SIGUSR1/Ctrl-C "
+        "it checkpoints and exits 75.",
     )
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--out", required=True, help="run directory")
@@ -90,9 +91,9 @@ def _train(sub):
 
 def _bench(sub):
     p = sub.add_parser("throughput", help="measure img/s of one configuration and append a CSV row")
-    p.add_argument("--mode", required=True, choices=["data", "naive", "forward", "train"])
+    p.add_argument("--mode", required=True, choices=["data", "naive", "reopen", "forward", "train"])
     p.add_argument(
-        "--data", required=True, help="prepared store (naive: a raw _x.h5 with its _y.h5 beside it)"
+        "--data", required=True, help="prepared store (naive, reopen: a raw _x.h5 with its _y.h5 beside it)"
     )
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=64)

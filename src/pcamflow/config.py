@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -39,7 +40,17 @@ def _with_defaults(validator_class):
                     instance.setdefault(name, copy.deepcopy(sub["default"]))
         yield from check_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    # YAML's 1.0 is no whole number (jsonschema counts it as one) and .inf/.nan no usable number:
+    # every integer key refuses floats and every number key non-finite values
+    checker = validator_class.TYPE_CHECKER.redefine_many(
+        {
+            "integer": lambda _, value: isinstance(value, int) and not isinstance(value, bool),
+            "number": lambda _, value: (
+                isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            ),
+        }
+    )
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=checker)
 
 
 def _resolve(sub: dict) -> dict:
@@ -63,13 +74,34 @@ def validate(cfg: dict, schema: dict | None = None, source: str = "config") -> d
     return cfg
 
 
-def validate_config(cfg: dict, source: str = "config") -> dict:
+def validate_config(cfg: dict, source: str = "config", *, workflow: bool = True) -> dict:
+    """workflow=False skips the checks that concern a workflow run (data_dir, batch sizes against
+    the train split), for a command that uses one section with the other defaults."""
     cfg = validate(cfg, source=source)
     # rules between keys, which the schema cannot state: checked here so they fail before any job
     problem = slice_thresholds_problem(cfg["slices"]["dark"], cfg["slices"]["bright"])
+    problem = problem or (data_problem(cfg) if workflow else None)
     if problem:
         raise PcamflowError(f"{source}: {problem}")
     return cfg
+
+
+def data_problem(cfg: dict) -> str | None:
+    """Why data_dir or the batch sizes cannot work with the data (None when they can)."""
+    from pcamflow.constants import FULL_SIZES
+
+    data_dir = Path(cfg["data_dir"])
+    if cfg["dataset"] == "pcam" and data_dir.exists() and not data_dir.is_dir():
+        return f"key 'data_dir': {data_dir} is a file, not a folder"
+    # the most train tiles there can be (prepare may drop some): a larger batch never fills one step
+    n_train = cfg["synthetic"]["n_train"] if cfg["dataset"] == "synthetic" else FULL_SIZES["train"]
+    too_large = [b for b in cfg["grid"].get("batch_size", []) if b > n_train]
+    if too_large:
+        return (
+            f"key 'grid.batch_size': {too_large[0]} is larger than the train split ({n_train} tiles); "
+            "no training step could be taken"
+        )
+    return None
 
 
 def slice_thresholds_problem(dark: float, bright: float) -> str | None:
@@ -83,7 +115,7 @@ def slice_thresholds_problem(dark: float, bright: float) -> str | None:
 
 def validate_section(name: str, settings: dict, source: str = "config") -> dict:
     """Validate one top-level section on its own (a command's options laid over the defaults)."""
-    return validate_config({name: settings}, source=source)[name]
+    return validate_config({name: settings}, source=source, workflow=False)[name]
 
 
 def validate_training(settings: dict, source: str = "training") -> dict:
@@ -103,6 +135,12 @@ def describe_error(error: jsonschema.ValidationError) -> str:
         return f"unknown key {', '.join(repr(u) for u in unknown)}{where}{hint}"
     if error.validator == "enum":
         return f"key '{key}': {error.instance!r} is not one of {error.validator_value}"
+    if error.validator == "type" and isinstance(error.instance, float):
+        if not math.isfinite(error.instance):
+            return f"key '{key}': {error.instance} is not a finite number"
+        if error.validator_value == "integer":
+            hint = f" (write {error.instance:.0f})" if error.instance.is_integer() else ""
+            return f"key '{key}': {error.instance} is not a whole number{hint}"
     if error.validator == "minItems" and error.validator_value == 1:
         return f"key '{key}': the list is empty; give at least one value"
     return f"key '{key}': {error.message}"

@@ -44,6 +44,19 @@ def check_output_file(path: str | os.PathLike, option: str = "--out") -> None:
         raise PcamflowError(f"{option} {path}: cannot write in {folder} (permission denied)")
 
 
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse an output folder that cannot be made or written, before the work that fills it:
+    a file at `path` or where a parent folder should be, or a folder without write permission."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise PcamflowError(f"{option} {path}: is a file, not a folder")
+    folder = _nearest_existing(path)
+    if not folder.is_dir():
+        raise PcamflowError(f"{option} {path}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PcamflowError(f"{option} {path}: cannot write in {folder} (permission denied)")
+
+
 def _nearest_existing(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:

@@ -30,6 +30,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write (a full disk) names no file: name the output
+            err.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -25,12 +25,13 @@ from pcamflow.data.download import checksum_provenance
 from pcamflow.data.rawdata import (
     TILE_VALUES,
     RawSplit,
+    blank_masks,
     channel_histograms,
     clean_tiles,
     meta_path,
     open_split,
 )
-from pcamflow.errors import PcamflowError
+from pcamflow.errors import PcamflowError, check_output_file
 from pcamflow.io import atomic_path, md5sum, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,9 @@ def audit_split(
             highs.append(high)
             cleaned = clean_tiles(block, in_place=True)
             del block
-            flat = cleaned.reshape(len(cleaned), -1)
-            flags["black"][start:stop] = flat.max(axis=1) <= black_max
-            flags["white"][start:stop] = flat.min(axis=1) >= white_min
+            flags["black"][start:stop], flags["white"][start:stop] = blank_masks(
+                cleaned, black_max, white_min
+            )
             histogram += channel_histograms(cleaned)
             hashes[start:stop] = [tile_hash(tile) for tile in cleaned]
             log.info("audit %s: %d/%d tiles", split or raw.x_path.name, stop, n)
@@ -211,6 +212,9 @@ def cli_main(args) -> int:
     settings = validate_section(
         "audit", {k: v for k, v in given.items() if v is not None}, source="pcamflow audit"
     )
+    for option, path in (("--out", args.out), ("--plot", args.plot), ("--hashes", args.hashes)):
+        if path is not None:
+            check_output_file(path, option)  # before reading a tile
     result = audit_split(args.x, args.y, **settings)
     write_audit(result, args.out, args.plot, args.hashes)
     faults = ", ".join(f"{f} {result.report['faults'][f]['tiles']}" for f in FAULTS)

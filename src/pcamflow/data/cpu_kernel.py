@@ -1,9 +1,11 @@
 """The input transform on a CPU as one compiled pass over the batch.
 
 uint8 NHWC tiles -> D4 view -> float32 -> (x * scale + shift) per channel -> NCHW, reading each tile
-once and writing each output value once. The same transform in torch ops (what runs on CUDA, and
-what `torch.export` traces) makes several passes over the float batch, which on a CPU costs several
-times more than the copy itself. Values are bit-identical to the torch ops (tested): float32
+once and writing each output value once. The tiles are read straight from where they are stored
+(rows `idx` of the store's array, in memory or memory-mapped), so a training batch needs no separate
+gather into an intermediate uint8 batch, and the gather is shared over the threads with the rest.
+The same transform in torch ops (what runs on CUDA, and what `torch.export` traces) makes several
+passes over the float batch, which on a CPU costs several times more than the copy itself. Values are bit-identical to the torch ops (tested): float32
 multiply then add, never a fused multiply-add (numba's default, fastmath off).
 
 A D4 element maps output pixel (i, j) to source pixel base + i * row_step + j * col_step (the affine
@@ -74,32 +76,37 @@ def _tile(tile, affine, out, height, width, scale, shift):
 
 
 @_compiled()
-def d4_normalise(x, transforms, affine, scale, shift, out, height, width):
-    """out[b] = normalised D4 view `transforms[b]` of tile x[b].
+def d4_normalise(x, idx, transforms, affine, scale, shift, out, height, width):
+    """out[b] = normalised D4 view `transforms[b]` of tile x[idx[b]].
 
-    x: uint8 (B, H*W*3); transforms: int64 (B,); affine: int64 (8, 3); scale, shift: float32 (3,);
+    x: uint8 (N, H*W*3); idx: int64 (B,), each in [0, N) (IndexError otherwise, before any read);
+    transforms: int64 (B,); affine: int64 (8, 3); scale, shift: float32 (3,);
     out: float32 (B, 3, H*W), written in full.
     """
-    for b in range(x.shape[0]):
-        _tile(x[b], affine[transforms[b]], out[b], height, width, scale, shift)
+    for b in range(idx.shape[0]):  # numba does not check bounds: a bad index would read anywhere
+        if idx[b] < 0 or idx[b] >= x.shape[0]:
+            raise IndexError("tile index out of range")
+    for b in range(idx.shape[0]):
+        _tile(x[idx[b]], affine[transforms[b]], out[b], height, width, scale, shift)
 
 
-def d4_normalise_threaded(x, transforms, affine, scale, shift, out, height, width, threads: int) -> None:
+def d4_normalise_threaded(x, idx, transforms, affine, scale, shift, out, height, width, threads: int) -> None:
     """`d4_normalise` over `threads` threads (the kernel releases the GIL), each on a run of whole
     tiles, none with fewer than MIN_TILES_PER_THREAD: thread start-up costs more than small runs."""
-    n = x.shape[0]
+    n = idx.shape[0]
     chunks = max(1, min(threads, n // MIN_TILES_PER_THREAD))
     if chunks == 1:
-        d4_normalise(x, transforms, affine, scale, shift, out, height, width)
+        d4_normalise(x, idx, transforms, affine, scale, shift, out, height, width)
         return
     runs = [slice(i * n // chunks, (i + 1) * n // chunks) for i in range(chunks)]
     pending = [
         _pool(chunks - 1).submit(
-            d4_normalise, x[r], transforms[r], affine, scale, shift, out[r], height, width
+            d4_normalise, x, idx[r], transforms[r], affine, scale, shift, out[r], height, width
         )
         for r in runs[1:]
     ]
-    d4_normalise(x[runs[0]], transforms[runs[0]], affine, scale, shift, out[runs[0]], height, width)
+    first = runs[0]
+    d4_normalise(x, idx[first], transforms[first], affine, scale, shift, out[first], height, width)
     for future in pending:
         future.result()
 

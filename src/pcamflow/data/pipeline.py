@@ -2,6 +2,13 @@
 
 `BatchLoader` draws each epoch's indices with a seeded `torch.Generator` and gathers a batch with one
 fancy-indexing call on the (possibly memory-mapped) array: no per-sample Python, no PIL, no HDF5.
+Where the batch is gathered from (the same batches, bit for bit, either way):
+  - device-resident: the whole uint8 train split lives on the device (`training.device_resident`;
+    on CUDA by default when it fits, see `resident_fits`), so a batch is one on-device gather;
+  - host: a gather from the host array, copied to the device; on CUDA the next batch is gathered
+    into pinned memory and copied on a side stream while the current step runs (prefetch);
+  - lazy (CPU): the loader hands out `Tiles` (the batch's indices into the array) and the CPU
+    transform's compiled pass reads each tile straight from the array: no intermediate uint8 batch.
 `BatchTransform` turns uint8 NHWC tiles into normalised float NCHW on the device, with random D4
 (flips and 90-degree rotations) and optional colour jitter in training only. `predict_proba` is the
 one place predictions are made (evaluation, slices and export call it).
@@ -9,18 +16,51 @@ one place predictions are made (evaluation, slices and export call it).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from pcamflow.constants import TILE_SHAPE
 from pcamflow.data.cpu_kernel import CHANNELS, d4_normalise_threaded
 from pcamflow.data.store import Split
+from pcamflow.errors import PcamflowError
+
+log = logging.getLogger(__name__)
 
 D4_SIZE = 8  # 4 rotations x {identity, flip}
+# `device_resident: auto` keeps the train split on a CUDA device when it takes at most this share of
+# the memory free there at the start: the rest is left to the model, its activations and the optimizer
+RESIDENT_SHARE = 0.5
+RESIDENT_COPY_TILES = 8192  # tiles per host-to-device chunk (about 226 MB) when the split is copied over
 _NO_NORMALISE = (np.ones(CHANNELS, np.float32), np.zeros(CHANNELS, np.float32))  # x * 1 + 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """A batch not gathered yet: rows `idx` of the uint8 (N, H, W, 3) array `source` (a lazy CPU batch).
+
+    `BatchTransform` on a CPU reads the tiles straight from `source`; `gather()` is the uint8 batch.
+    """
+
+    source: np.ndarray  # in memory or memory-mapped
+    idx: np.ndarray  # (B,) int64
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.idx), *self.source.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def gather(self) -> torch.Tensor:
+        x = np.empty(self.shape, np.uint8)
+        np.take(self.source, self.idx, axis=0, out=x, mode="clip")  # clip: no bounds-check buffer
+        return torch.from_numpy(x)
 
 
 class BatchLoader:
@@ -29,6 +69,13 @@ class BatchLoader:
     Iterating runs the rest of the current epoch (a new one when none is in progress). The state
     (`state_dict`) is the generator state at the start of the epoch plus the number of batches
     already handed out, so a loader restored from it yields exactly the remaining batches.
+
+    `resident`: keep the whole split on `device` (a copy made once) and gather each batch there.
+    `prefetch` (host gathers only; default: on CUDA): gather the next batch in a background thread
+    (and copy it on a side CUDA stream) while the caller works on the current one. Neither changes
+    the batches, their values or the state: a batch's indices are fixed when its epoch starts.
+    `lazy` (cpu device, host gathers): hand out `Tiles` instead of uint8 tensors; the CPU
+    `BatchTransform` gathers them inside its compiled pass, over its threads.
     """
 
     def __init__(
@@ -41,16 +88,29 @@ class BatchLoader:
         balanced: bool = False,
         drop_last: bool = False,
         device: str | torch.device = "cpu",
+        resident: bool = False,
+        prefetch: bool | None = None,
+        lazy: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.x = split.x
+        self.device = torch.device(device)
+        if lazy and (resident or self.device.type != "cpu"):
+            raise ValueError("lazy batches are host gathers on the cpu device")
+        self.lazy = lazy
         self.y = np.asarray(split.y, dtype=np.int64)
+        self.resident = resident
+        if resident:  # the host array is no longer needed: a memory-mapped split's pages can go
+            self.x = None
+            self._x_device = resident_copy(split.x, self.device)
+            self._y_device = torch.from_numpy(self.y).to(self.device)
+        else:
+            self.x = split.x
+        self.prefetch = (self.device.type == "cuda") if prefetch is None else prefetch
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.balanced = balanced
         self.drop_last = drop_last
-        self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0  # epochs completed
         self.position = 0  # batches handed out in the current epoch
@@ -66,10 +126,20 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._order is None:
             self._start_epoch()
-        while self.position < len(self):
-            batch = slice(self.position * self.batch_size, (self.position + 1) * self.batch_size)
-            self.position += 1
-            yield self._gather(self._order[batch], self._labels[batch])
+        if self.resident:
+            batches = self._resident_batches(self.position)
+        elif self.lazy:
+            batches = (
+                (Tiles(self.x, self._order[self._batch(k)]), self._y(k))
+                for k in range(self.position, len(self))
+            )
+        elif self.prefetch:
+            batches = self._prefetched_batches(self.position)
+        else:
+            batches = (self._gather(k) for k in range(self.position, len(self)))
+        for batch in batches:
+            self.position += 1  # counts batches handed out, not gathered ahead
+            yield batch
         self._order = self._labels = self._epoch_start_state = None
         self.position = 0
         self.epoch += 1
@@ -105,19 +175,64 @@ class BatchLoader:
         self._labels = self.y[self._order]
         self.position = 0
 
-    def _gather(self, idx: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pin = self.device.type == "cuda"
-        shape = (len(idx), *TILE_SHAPE)
-        x = (
-            torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            if pin
-            else torch.from_numpy(np.empty(shape, np.uint8))
-        )
-        np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
-        y = torch.from_numpy(labels)
-        if pin:
-            return x.to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+    def _batch(self, k: int) -> slice:
+        """Batch k's run of this epoch's order."""
+        return slice(k * self.batch_size, (k + 1) * self.batch_size)
+
+    def _y(self, k: int) -> torch.Tensor:
+        return torch.from_numpy(self._labels[self._batch(k)])
+
+    def _host_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch k gathered on the host (into pinned memory when it goes to a CUDA device)."""
+        tiles = Tiles(self.x, self._order[self._batch(k)])
+        if self.device.type != "cuda":
+            return tiles.gather(), self._y(k)
+        x = torch.empty(tiles.shape, dtype=torch.uint8, pin_memory=True)
+        np.take(self.x, tiles.idx, axis=0, out=x.numpy(), mode="clip")
+        return x, self._y(k).pin_memory()
+
+    def _gather(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self._host_batch(k)
+        if self.device.type == "cuda":
+            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         return x, y
+
+    def _resident_batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches start.. of this epoch, each one gather on the device (the order is copied there
+        once per epoch, so a step does no host work and no host-to-device copy)."""
+        order = torch.from_numpy(self._order).to(self.device)
+        for k in range(start, len(self)):
+            idx = order[self._batch(k)]
+            yield self._x_device.index_select(0, idx), self._y_device.index_select(0, idx)
+
+    def _prefetched_batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches start.. of this epoch, batch k + 1 gathered (and on CUDA copied to the device on
+        a side stream) in a background thread while the caller uses batch k. numpy's gather
+        releases the GIL, so the gather runs beside the training step."""
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+
+        def load(k: int):
+            x, y = self._host_batch(k)
+            if not cuda:
+                return x, y, None
+            with torch.cuda.device(self.device), torch.cuda.stream(stream):
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                copied = torch.cuda.Event()
+                copied.record(stream)
+            return x, y, copied
+
+        pool = _prefetch_pool()
+        pending = pool.submit(load, start) if start < len(self) else None
+        for k in range(start, len(self)):
+            x, y, copied = pending.result()
+            pending = pool.submit(load, k + 1) if k + 1 < len(self) else None
+            if cuda:  # the consumer's stream waits for the copy; the allocator learns who uses it
+                current = torch.cuda.current_stream(self.device)
+                current.wait_event(copied)
+                x.record_stream(current)
+                y.record_stream(current)
+            yield x, y
 
 
 def _sorted_per_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
@@ -134,6 +249,63 @@ def _balanced_weights(y: torch.Tensor) -> torch.Tensor:
     """Per-sample weights 1 / (count of its class): every class is drawn equally often."""
     counts = torch.bincount(y, minlength=2).double()
     return (1.0 / counts.clamp(min=1))[y]
+
+
+def resident_fits(nbytes: int, free_bytes: int) -> bool:
+    """The fit rule of `device_resident: auto`: the split takes at most RESIDENT_SHARE of the free memory."""
+    return nbytes <= RESIDENT_SHARE * free_bytes
+
+
+def device_resident(setting: bool | str, split: Split, device: str | torch.device) -> bool:
+    """Whether training keeps `split` on `device` (`training.device_resident`: auto, true, false)."""
+    device = torch.device(device)
+    nbytes = split.x.nbytes + split.y.nbytes
+    if setting == "auto":
+        if device.type != "cuda":
+            log.info(
+                "input: host gathers (device_resident auto: the split stays in host memory on %s)", device
+            )
+            return False
+        free, _ = torch.cuda.mem_get_info(device)
+        resident = resident_fits(nbytes, free)
+        log.info(
+            "input: %s (device_resident auto: train split %.2f GB, %.2f GB free on %s; resident up to %.0f%%)",
+            "device-resident" if resident else "host gathers, prefetched",
+            nbytes / 1e9,
+            free / 1e9,
+            device,
+            100 * RESIDENT_SHARE,
+        )
+        return resident
+    log.info("input: %s (device_resident %s)", "device-resident" if setting else "host gathers", setting)
+    return bool(setting)
+
+
+def resident_copy(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The uint8 split as one tensor on `device`, copied in chunks (never a second full host copy)."""
+    if device.type == "cpu" and not isinstance(x, np.memmap) and x.flags.writeable:
+        return torch.from_numpy(x)  # already in host memory: shared, not copied
+    try:
+        out = torch.empty(x.shape, dtype=torch.uint8, device=device)
+        for start in range(0, len(x), RESIDENT_COPY_TILES):
+            chunk = torch.from_numpy(np.array(x[start : start + RESIDENT_COPY_TILES]))  # writable
+            out[start : start + len(chunk)].copy_(chunk)
+    except torch.OutOfMemoryError:
+        raise PcamflowError(
+            f"training.device_resident: the train split ({x.nbytes / 1e9:.2f} GB) does not fit on {device}; "
+            "set it to auto or false"
+        ) from None
+    return out
+
+
+def _prefetch_pool() -> ThreadPoolExecutor:
+    """This process's one prefetch thread (keyed by pid: a forked child has none of its parent's threads)."""
+    return _prefetch_pools(os.getpid())
+
+
+@functools.cache
+def _prefetch_pools(pid: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="pcamflow-prefetch")
 
 
 @functools.cache
@@ -190,8 +362,13 @@ class BatchTransform:
         if self.compiled:  # the kernel's (scale, shift) with and without normalisation
             self._kernel_args = {True: (self.scale.numpy(), self.shift.numpy()), False: _NO_NORMALISE}
 
-    def to_input(self, x_uint8: torch.Tensor, *, train: bool, generator: torch.Generator | None = None):
-        x_uint8 = x_uint8.to(self.device, non_blocking=True)
+    def to_input(
+        self, x_uint8: torch.Tensor | Tiles, *, train: bool, generator: torch.Generator | None = None
+    ):
+        if isinstance(x_uint8, Tiles) and not self.compiled:
+            x_uint8 = x_uint8.gather()  # only the compiled pass reads tiles where they are stored
+        if not isinstance(x_uint8, Tiles):
+            x_uint8 = x_uint8.to(self.device, non_blocking=True)
         transforms = None
         if train and self.augment:
             transforms = torch.randint(0, D4_SIZE, (x_uint8.shape[0],), generator=generator)
@@ -205,7 +382,9 @@ class BatchTransform:
 
     __call__ = to_input
 
-    def _d4_float(self, x: torch.Tensor, transforms: torch.Tensor | None, *, normalise: bool) -> torch.Tensor:
+    def _d4_float(
+        self, x: torch.Tensor | Tiles, transforms: torch.Tensor | None, *, normalise: bool
+    ) -> torch.Tensor:
         """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (none: as is)."""
         if self.compiled:
             return _d4_normalise_compiled(x, transforms, *self._kernel_args[normalise])
@@ -213,7 +392,7 @@ class BatchTransform:
         if transforms is None:
             out = torch.empty(x.shape, dtype=torch.float32, device=x.device).copy_(x)
         else:
-            out = _d4_nchw_float(x, transforms.to(x.device))
+            out = _d4_nchw_float(x, transforms.cpu())
         return self._normalise_(out) if normalise else out
 
     def _normalise_(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,12 +413,14 @@ def _d4_nchw_float(x: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
     """float32 NCHW copy of uint8 NCHW tiles, tile i turned by D4 element transforms[i] (as apply_d4).
 
     One flip/rot90 per D4 element on the samples that drew it: about 3x cheaper than a per-pixel
-    gather, and the uint8 -> float conversion happens in the same copy.
+    gather, and the uint8 -> float conversion happens in the same copy. `transforms` stays on the
+    host: which samples drew which element is found there, so CUDA work is queued without a sync.
     """
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     for t in range(D4_SIZE):
         sel = (transforms == t).nonzero().squeeze(1)
         if len(sel):
+            sel = sel.to(x.device, non_blocking=True)
             v = x.index_select(0, sel)
             v = v.flip(3) if t // 4 else v
             out.index_copy_(0, sel, torch.rot90(v, t % 4, dims=(2, 3)).float())
@@ -257,17 +438,24 @@ def _d4_affine(size: int) -> np.ndarray:
 
 
 def _d4_normalise_compiled(
-    x: torch.Tensor, transforms: torch.Tensor | None, scale: np.ndarray, shift: np.ndarray
+    x: torch.Tensor | Tiles, transforms: torch.Tensor | None, scale: np.ndarray, shift: np.ndarray
 ) -> torch.Tensor:
-    """`cpu_kernel.d4_normalise` on CPU tensors: uint8 (B, H, H, 3) -> float32 (B, 3, H, H)."""
+    """`cpu_kernel.d4_normalise` on CPU tiles: uint8 (B, H, H, 3) -> float32 (B, 3, H, H); `Tiles`
+    are read straight from their array."""
     b, h, w, c = x.shape
     if h != w or c != CHANNELS:
         raise ValueError(f"expected square RGB tiles (B, H, H, {CHANNELS}), got {tuple(x.shape)}")
+    if isinstance(x, Tiles):  # the kernel checks the indices
+        source, idx = np.asarray(x.source), np.asarray(x.idx, dtype=np.int64)
+    else:
+        source, idx = x.contiguous().numpy(), np.arange(b)
     transforms = np.zeros(b, dtype=np.int64) if transforms is None else transforms.numpy()  # 0: identity
     out = np.empty((b, c, h, w), dtype=np.float32)
     planes = out.reshape(b, c, h * w)  # a view: the kernel writes `out`
-    x = x.contiguous().numpy().reshape(b, -1)
-    d4_normalise_threaded(x, transforms, _d4_affine(h), scale, shift, planes, h, w, torch.get_num_threads())
+    tiles = source.reshape(len(source), -1)  # (N, H*W*3), a view
+    d4_normalise_threaded(
+        tiles, idx, transforms, _d4_affine(h), scale, shift, planes, h, w, torch.get_num_threads()
+    )
     return torch.from_numpy(out)
 
 

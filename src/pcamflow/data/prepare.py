@@ -31,7 +31,7 @@ from pcamflow.data.rawdata import (
     open_tiles,
     split_paths,
 )
-from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum
 from pcamflow.errors import PcamflowError
 from pcamflow.io import read_json, sha256sum, write_json
 
@@ -275,9 +275,8 @@ def _stats(histogram: np.ndarray, plans: dict, drop_black_white_from, drop_cross
 
 def _manifest(digests: dict[str, str], audits: dict[str, dict]) -> dict:
     files = dict(sorted(digests.items()))
-    overall = hashlib.sha256("".join(f"{name} {digest}\n" for name, digest in files.items()).encode())
     return {
-        "checksum": overall.hexdigest(),
+        "checksum": combined_checksum(files),
         "files": files,
         "source_md5": {split: audit["files"]["md5"] for split, audit in audits.items()},
     }

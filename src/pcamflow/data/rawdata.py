@@ -102,6 +102,13 @@ def clean_tiles(tiles: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     return work.astype(np.uint8)
 
 
+def blank_masks(tiles: np.ndarray, black_max: int, white_min: int) -> tuple[np.ndarray, np.ndarray]:
+    """(black, white) per cleaned uint8 tile: every value at most black_max, or at least white_min
+    (config audit.black_max / audit.white_min; the audit and predict's flags use the same rule)."""
+    flat = tiles.reshape(len(tiles), -1)
+    return flat.max(axis=1) <= black_max, flat.min(axis=1) >= white_min
+
+
 def channel_histograms(tiles: np.ndarray) -> np.ndarray:
     """(3, 256) int64 counts of each value per channel of cleaned uint8 tiles."""
     channels = tiles.shape[-1]

@@ -48,7 +48,7 @@ from pcamflow.constants import (
     meta_filename,
     raw_filename,
 )
-from pcamflow.errors import PcamflowError
+from pcamflow.errors import PcamflowError, check_output_dir
 from pcamflow.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -695,10 +695,12 @@ def write_synthetic(
     seed: int,
     poison: bool,
     workers: int = 1,
+    overwrite: bool = False,
 ) -> dict:
     """Write the six PCAM-format H5 files, three meta CSVs and planted.json into out_dir.
 
     workers: processes rendering blocks (the files are the same for any number).
+    overwrite: replace such files already in out_dir (else they are refused: they may be real data).
     Returns the planted record (what planted.json holds)."""
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     # the `synthetic:` schema checks what a config would (the CLI and library calls skip the config)
@@ -707,6 +709,12 @@ def write_synthetic(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PcamflowError(f"synth workers: must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir)
+    present = [name for name in synthetic_files() if (out_dir / name).exists()]
+    if present and not overwrite:
+        raise PcamflowError(
+            f"{out_dir}: already holds {', '.join(present[:2])}{' ...' if len(present) > 2 else ''} "
+            f"({len(present)} PCAM-named files); refusing to overwrite them (pcamflow synth --overwrite replaces them)"
+        )
     record = plan_poison(seed, sizes) if poison else clean_record(seed)
     duplicates = record["cross_split_duplicates"]
     started = time.perf_counter()
@@ -722,6 +730,12 @@ def write_synthetic(
     return record
 
 
+def synthetic_files() -> list[str]:
+    """Names of every file write_synthetic writes."""
+    names = [raw_filename(s, k) for s in SPLITS for k in ("x", "y")]
+    return names + [meta_filename(s) for s in SPLITS] + [PLANTED_FILE]
+
+
 def cli_main(args) -> int:
     """`pcamflow synth`: write the synthetic dataset to --out (sizes and seed default to the schema's)."""
     given = {key: getattr(args, key) for key in ("n_train", "n_valid", "n_test", "seed")}
@@ -729,7 +743,14 @@ def cli_main(args) -> int:
         "synthetic", {k: v for k, v in given.items() if v is not None}, source="pcamflow synth"
     )
     sizes = {key: settings[key] for key in given}
-    record = write_synthetic(args.out, **sizes, poison=args.poison, workers=args.workers)
+    check_output_dir(args.out)
+    record = write_synthetic(
+        args.out,
+        **sizes,
+        poison=args.poison,
+        workers=args.workers,
+        overwrite=getattr(args, "overwrite", False),
+    )
     faulty = sum(len(tiles) for split in record["splits"].values() for tiles in split.values())
     duplicates = len(record["cross_split_duplicates"])
     print(f"wrote synthetic PCAM to {args.out} ({faulty} faulty tiles, {duplicates} planted duplicates)")

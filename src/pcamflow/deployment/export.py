@@ -9,6 +9,11 @@ Layout (BUNDLE_FORMAT 1):
     MODEL_CARD.md         data, grid point, test metrics with CIs, intended use, weak slices, limits
     manifest.json         sha256 of every file above (written last; checked on every load)
 
+What `manifest.json` proves: that no file changed since export (integrity). It does not prove who
+made the bundle: anyone can write a bundle with a matching manifest. So loading trusts nothing in
+model.pt2 beyond tensors: `check_program_archive` refuses, before torch sees it, any archive member
+torch would unpickle or run as code (see there); the bytes checked are the bytes loaded.
+
 Why torch.export rather than TorchScript: `torch.jit` is deprecated in the torch we pin and warns on
 every call; an exported program loads with `torch.export.load` from torch alone, keeps the batch
 dimension dynamic and moves between devices (`torch.export.passes.move_to_device_pass`).
@@ -19,6 +24,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +84,20 @@ def export_program(model, stats: dict, path: str | os.PathLike) -> None:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with torch.no_grad():
         program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch}})
+    strip_source_locations(program)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer, not our temporary name
     torch.export.save(program, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def strip_source_locations(program) -> None:
+    """Drop the stack traces torch.export keeps per graph node: they hold this machine's absolute
+    source paths (home directories on a cluster), and a bundle leaves the machine."""
+    for module in program.graph_module.modules():
+        if hasattr(module, "graph"):
+            for node in module.graph.nodes:
+                node.meta.pop("stack_trace", None)
 
 
 def write_bundle(
@@ -107,6 +123,18 @@ def write_bundle(
     files = {name: sha256sum(out_dir / name) for name in BUNDLE_FILES if name != MANIFEST_FILE}
     manifest = {"bundle_format": BUNDLE_FORMAT, "algorithm": "sha256", "files": files}
     write_json(out_dir / MANIFEST_FILE, manifest)
+    log.info(
+        "bundle %s: manifest sha256 %s (publish it beside the bundle: the manifest proves the files are "
+        "intact, not who made them)",
+        out_dir,
+        bundle_sha256(out_dir),
+    )
+
+
+def bundle_sha256(bundle_dir: str | os.PathLike) -> str:
+    """The bundle's own fingerprint: sha256 of its manifest, which holds every other file's sha256.
+    Compare it with the one printed at export (out of band) to know the bundle is the one exported."""
+    return sha256sum(Path(bundle_dir) / MANIFEST_FILE)
 
 
 def bundle_metadata(stats: dict, threshold: float, metadata: dict) -> dict:
@@ -179,16 +207,18 @@ def verify_bundle(bundle_dir: str | os.PathLike) -> dict:
 
 
 def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
-    """Verify the checksums, then load the program onto `device` ('cpu' or 'cuda')."""
+    """Verify the checksums and that model.pt2 holds no code, then load it onto `device` ('cpu' or 'cuda')."""
     import torch
     from torch.export.passes import move_to_device_pass
 
     from pcamflow.training.train import resolve_device
 
     bundle_dir = Path(bundle_dir)
-    verify_bundle(bundle_dir)
+    manifest = verify_bundle(bundle_dir)
     target = resolve_device(device, key="--device")
-    program = torch.export.load(bundle_dir / MODEL_FILE)
+    program = torch.export.load(
+        io.BytesIO(read_program(bundle_dir / MODEL_FILE, manifest["files"][MODEL_FILE]))
+    )
     if target.type != "cpu":
         program = move_to_device_pass(program, target)
     metadata = read_json(bundle_dir / META_FILE)
@@ -200,6 +230,146 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
         metadata=metadata,
         reference=read_json(bundle_dir / DRIFT_FILE),
     )
+
+
+def read_program(path: Path, sha256: str) -> bytes:
+    """model.pt2's bytes, checked once more against the manifest and by `check_program_archive`:
+    torch loads exactly these bytes, not the file again (which could change in between)."""
+    import hashlib
+
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise PcamflowError(f"{path}: sha256 differs from {MANIFEST_FILE} (changed while loading)")
+    check_program_archive(data, path)
+    return data
+
+
+# Members of a torch.export archive (root folder stripped) that hold only tensors' raw bytes, JSON
+# or short text. Anything else (AOTInductor shared libraries, pickled custom objects, extra files,
+# the legacy pickle format) is refused: torch would unpickle or run it.
+_PROGRAM_MEMBERS = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/model\.json|data/weights/model_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/model_constants_config\.json|data/constants/tensor_\d+"
+    r"|data/sample_inputs/model\.pt)"
+)
+_PICKLED_MEMBER = "data/sample_inputs/model.pt"  # example inputs: torch.load'ed, weights-only here
+_GRAPH_TARGET = re.compile(r"torch\.ops\.aten\.[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+# a shape expression as torch writes it: symbols, integers and sympy's arithmetic, nothing callable
+_SYMPY_TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d+)?)|'([a-z]\d+)'|([A-Za-z_]\w*)|(\*\*|//|[-+*/%(),=<>!]=?))")
+_SYMPY_NAMES = {"Symbol", "Integer", "positive", "integer", "True", "False", "Mod", "FloorDiv", "CeilToInt"}
+_SYMPY_NAMES |= {"PythonMod", "Max", "Min", "Abs", "Eq", "Ne", "TruncToInt", "IntTrueDiv", "CleanDiv"}
+
+
+def check_program_archive(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse a torch.export archive that would run code when loaded or called, before torch reads it.
+
+    torch.export.load unpickles without restriction pickled weights and constants, custom objects,
+    and example inputs that fail a weights-only load; its graph names the functions it calls and
+    may carry Python guard code and sympy expressions (which sympy evaluates). A pcamflow program
+    holds tensors as raw bytes, aten operators, no guard code, and example inputs that load
+    weights-only: anything else is refused naming the member.
+    """
+    import zipfile
+
+    def refuse(member: str, why: str) -> PcamflowError:
+        return PcamflowError(
+            f"{path}: refused to load: member {member} {why}; a pcamflow bundle holds only tensors and an "
+            "operator graph (re-export it, or get it from its author)"
+        )
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except (zipfile.BadZipFile, ValueError):
+        raise PcamflowError(f"{path}: not a torch.export archive (not a zip file)") from None
+    if len(set(names)) != len(names):
+        raise PcamflowError(f"{path}: refused to load: the archive lists a member twice")
+    root = names[0].split("/", 1)[0] + "/" if names else ""
+    for name in names:  # all under one root folder, each a known kind of member
+        if not name.startswith(root) or not _PROGRAM_MEMBERS.fullmatch(name[len(root) :]):
+            raise refuse(name, "is not part of a plain exported program (it could be loaded as code)")
+    if root + "models/model.json" not in names:
+        raise PcamflowError(f"{path}: not a torch.export archive (no models/model.json)")
+    try:
+        _check_program_members(archive, root, refuse)
+    except (KeyError, ValueError, AttributeError, TypeError):
+        raise PcamflowError(f"{path}: not a readable torch.export archive (malformed JSON member)") from None
+
+
+def _check_program_members(archive, root: str, refuse) -> None:
+    """The configs store tensors as bytes, example inputs load weights-only, the graph holds only
+    aten calls, no guard code and plain shape expressions (see check_program_archive)."""
+    import json
+
+    names = set(archive.namelist())
+
+    def read(inner: str) -> bytes:
+        return archive.read(root + inner)
+
+    for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+        if root + config not in names:
+            continue
+        for fqn, payload in json.loads(read(config)).get("config", {}).items():
+            if payload.get("use_pickle") or not re.fullmatch(
+                r"(weight|tensor)_\d+", str(payload.get("path_name"))
+            ):
+                raise refuse(root + config, f"stores {fqn} as a pickled object, not as tensor bytes")
+    if root + _PICKLED_MEMBER in names:
+        _check_weights_only(read(_PICKLED_MEMBER), lambda why: refuse(root + _PICKLED_MEMBER, why))
+    graph = json.loads(read("models/model.json"))
+    if graph.get("guards_code"):
+        raise refuse(root + "models/model.json", "carries Python guard code")
+    for target in _graph_strings(graph, "target"):
+        if not _GRAPH_TARGET.fullmatch(target):
+            raise refuse(root + "models/model.json", f"calls {target!r}, not an aten operator")
+    for expr in _graph_strings(graph, "expr_str"):
+        if not _plain_shape_expression(expr):
+            raise refuse(root + "models/model.json", f"holds the shape expression {expr[:60]!r}")
+
+
+def _check_weights_only(data: bytes, refuse) -> None:
+    """Load a pickled member with torch's weights-only unpickler: it refuses any callable but tensors'."""
+    import pickle
+
+    import torch
+
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except pickle.UnpicklingError as err:
+        blocked = re.search(r"GLOBAL (\S+)", str(err))
+        raise refuse(
+            f"is a pickle that calls {blocked.group(1) if blocked else 'code'} when loaded"
+        ) from None
+    except Exception as err:  # noqa: BLE001 - anything torch cannot load weights-only is refused
+        raise refuse(f"is not a weights-only pickle ({type(err).__name__})") from None
+
+
+def _graph_strings(obj, key: str):
+    """Every string value of `key` anywhere in the graph JSON."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key and isinstance(v, str):
+                yield v
+            else:
+                yield from _graph_strings(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _graph_strings(v, key)
+
+
+def _plain_shape_expression(expr: str) -> bool:
+    position = 0
+    while position < len(expr.rstrip()):
+        token = _SYMPY_TOKEN.match(expr, position)
+        if not token or (
+            token.group(3)
+            and token.group(3) not in _SYMPY_NAMES
+            and not re.fullmatch(r"[a-z]\d+", token.group(3))
+        ):
+            return False
+        position = token.end()
+    return True
 
 
 # ---- the drift reference from the prepared store ----
@@ -238,7 +408,7 @@ def export_champion(
     """
     import pandas as pd
 
-    from pcamflow.data.store import load_stats, store_checksum
+    from pcamflow.data.store import load_stats, verify_store
     from pcamflow.io import now_iso
     from pcamflow.training.checkpoint import load_model
 
@@ -251,10 +421,11 @@ def export_champion(
         )
     run_dir = Path(champion["deploy"]["run_dir"])
     run_info = read_json(run_dir / RUN_INFO)
-    if run_info.get("data_checksum") != store_checksum(store_dir):
+    checksum = verify_store(store_dir, ("train",))  # the drift reference reads the train split
+    if run_info.get("data_checksum") != checksum:
         raise PcamflowError(
             f"{run_dir / RUN_INFO}: trained on prepared data {run_info.get('data_checksum')}, but "
-            f"{store_dir} is {store_checksum(store_dir)}: its statistics would not match the model"
+            f"{store_dir} is {checksum}: its statistics would not match the model"
         )
     model, run_config = load_model(deploy["checkpoint"])
     stats = load_stats(store_dir)
@@ -400,7 +571,10 @@ def model_card(
         "label = probability >= threshold",
         "```",
         "",
-        f"`{MANIFEST_FILE}` holds the sha256 of every file; `pcamflow predict` checks them before loading.",
+        f"`{MANIFEST_FILE}` holds the sha256 of every file; `pcamflow predict` checks them before loading, "
+        f"and refuses a `{MODEL_FILE}` that holds anything but tensors and aten operators (code). The "
+        "manifest proves the files are intact, not who made them: compare the sha256 of "
+        f"`{MANIFEST_FILE}` with the one its author published (printed at export) before trusting it.",
         "",
     ]
     return "\n".join(sections)
@@ -604,6 +778,28 @@ label = probability >= threshold
 """
 
 
+def shareable_config(config: dict) -> dict:
+    """The config as it may leave this machine: download.base_url without credentials."""
+    import copy
+
+    config = copy.deepcopy(config)
+    download = config.get("download") or {}
+    if isinstance(download.get("base_url"), str):
+        download["base_url"] = redact_url(download["base_url"])
+    return config
+
+
+def redact_url(url: str) -> str:
+    """A URL without its user:password@ and its query (signed URLs carry tokens there)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = ("<redacted>@" if parts.username or parts.password else "") + host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, "<redacted>" if parts.query else "", ""))
+
+
 def write_handover(
     out: str | os.PathLike,
     bundle_dir: str | os.PathLike,
@@ -618,7 +814,7 @@ def write_handover(
     verify_bundle(bundle_dir)
     metadata = read_json(Path(bundle_dir) / META_FILE)
     generated = {
-        "config.yaml": yaml.safe_dump(config, sort_keys=False),
+        "config.yaml": yaml.safe_dump(shareable_config(config), sort_keys=False),
         LOCK_FILE: package_lock(),
         "README.md": handover_readme(metadata),
     }

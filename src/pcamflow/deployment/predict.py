@@ -10,6 +10,7 @@ intensity histogram is compared with the training data's (`pcamflow.deployment.d
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -24,7 +25,7 @@ import torch
 from pcamflow import constants
 from pcamflow.data import rawdata
 from pcamflow.data.pipeline import D4_SIZE, apply_d4
-from pcamflow.data.rawdata import H5_SUFFIXES, clean_tiles
+from pcamflow.data.rawdata import H5_SUFFIXES, blank_masks, clean_tiles
 from pcamflow.deployment.drift import DriftReport, HistogramAccumulator, compare
 from pcamflow.deployment.export import MAX_BATCH, Bundle, load_bundle
 from pcamflow.errors import PcamflowError, check_output_file, first_line
@@ -33,7 +34,7 @@ from pcamflow.io import write_csv
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-COLUMNS = ["source", "index", "probability", "label", "y_true", "error"]
+COLUMNS = ["source", "index", "probability", "label", "y_true", "flag", "error"]
 MAX_LISTED = 10  # skipped inputs named on stderr; the CSV lists them all
 
 
@@ -46,6 +47,7 @@ class Chunk:
     tiles: np.ndarray | None  # (k, 96, 96, 3) uint8
     y_true: np.ndarray | None = None  # (k,) labels when the source has them
     error: str | None = None
+    flag: np.ndarray | None = None  # (k,) why a tile's prediction is suspect ("" when it is not)
 
 
 @dataclass
@@ -74,7 +76,8 @@ def expand_inputs(paths: list[str | os.PathLike]) -> list[Path]:
             )
             if not found:
                 log.warning("%s: no .h5, .png or .tif(f) files in this folder", path)
-            files += found
+            labels = {labels_beside(p) for p in found if p.suffix.lower() in H5_SUFFIXES}
+            files += [p for p in found if p not in labels]  # a split's _y.h5 fills y_true of its _x.h5
         else:
             files.append(path)
     return files
@@ -103,7 +106,8 @@ def read_chunks(path: Path, *, block_size: int, resize: bool) -> Iterator[Chunk]
         if suffix in H5_SUFFIXES:
             yield from _h5_chunks(path, block_size)
         elif suffix in IMAGE_SUFFIXES:
-            yield Chunk(source, np.zeros(1, dtype=np.int64), read_image(path, resize=resize)[None])
+            tile = read_image(path, resize=resize)[None]
+            yield Chunk(source, np.zeros(1, dtype=np.int64), tile, flag=blank_flags(tile))
         else:
             raise PcamflowError(f"{path}: not an .h5, .png or .tif(f) file")
     except PcamflowError as err:
@@ -124,10 +128,21 @@ def read_image(path: Path, *, resize: bool) -> np.ndarray:
                         f"{path}: tile is {image.size[0]}x{image.size[1]} {image.mode}, expected "
                         f"{width}x{height} RGB (pass --resize to convert and resize it)"
                     )
-                image = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+                image = _to_8bit(image).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PcamflowError(f"{path}: unreadable image ({first_line(exc)})") from None
+
+
+def _to_8bit(image):
+    """16/32-bit grey images scaled to 8 bits by their bit depth: PIL's convert() clips them instead,
+    which turns every 16-bit grey level above 255 white."""
+    from PIL import Image
+
+    if image.mode not in ("I;16", "I;16L", "I;16B", "I"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8), mode="L")
 
 
 def labels_beside(x_path: Path) -> Path | None:
@@ -142,12 +157,57 @@ def labels_beside(x_path: Path) -> Path | None:
 def _h5_chunks(path: Path, block_size: int) -> Iterator[Chunk]:
     y_path = labels_beside(path)
     opened = rawdata.open_split(path, y_path) if y_path is not None else rawdata.open_tiles(path)
+    largest = -np.inf  # of a float file's finite values
     with opened as tiles:
         labels = getattr(tiles, "labels", None)
         for start, block in tiles.blocks(block_size):
             index = np.arange(start, start + len(block))
             y_true = labels[index] if labels is not None else None
-            yield Chunk(str(path), index, clean_tiles(block, in_place=True), y_true)
+            if np.issubdtype(block.dtype, np.floating):
+                largest = max(largest, float(np.max(block, initial=-np.inf, where=np.isfinite(block))))
+            flag = nonfinite_flags(block)
+            cleaned = clean_tiles(block, in_place=True)
+            yield Chunk(str(path), index, cleaned, y_true, flag=_merge_flags(flag, blank_flags(cleaned)))
+    if -np.inf < largest <= 1.0:
+        log.warning(
+            "%s: float tiles whose maximum is %.3g: probably scaled to [0, 1]; the model expects 0-255 as "
+            "PCAM stores them (multiply by 255); its tiles are flagged black",
+            path,
+            largest,
+        )
+
+
+@functools.cache
+def _blank_thresholds() -> tuple[int, int]:
+    """audit.black_max and audit.white_min (schema defaults): what the audit calls black and white."""
+    from pcamflow.config import validate_section
+
+    audit = validate_section("audit", {})
+    return audit["black_max"], audit["white_min"]
+
+
+def nonfinite_flags(block: np.ndarray) -> np.ndarray:
+    """Per tile "has_nan" / "has_inf" (raw float tiles; cleaning makes both black pixels), else ""
+    (not "nan": CSV readers take that for a missing value)."""
+    flags = np.full(len(block), "", dtype=object)
+    if np.issubdtype(block.dtype, np.floating):
+        flat = block.reshape(len(block), -1)
+        flags[np.isinf(flat).any(axis=1)] = "has_inf"
+        flags[np.isnan(flat).any(axis=1)] = "has_nan"
+    return flags
+
+
+def blank_flags(tiles: np.ndarray) -> np.ndarray:
+    """Per cleaned uint8 tile "black" / "white" (as the audit defines them), else ""."""
+    black, white = blank_masks(tiles, *_blank_thresholds())
+    flags = np.full(len(tiles), "", dtype=object)
+    flags[black], flags[white] = "black", "white"
+    return flags
+
+
+def _merge_flags(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """The first flag that applies per tile (NaN tiles are also black once cleaned: say NaN)."""
+    return np.where(first != "", first, second)
 
 
 # ---- prediction ----
@@ -235,16 +295,36 @@ def _table(done: list[tuple[Chunk, np.ndarray | None]], threshold: float) -> pd.
         parts["probability"].append(missing if failed else prob)
         parts["label"].append(missing if failed else prob >= threshold)
         parts["y_true"].append(missing if chunk.y_true is None else chunk.y_true)
+        no_flag = chunk.flag is None or failed
+        parts["flag"].append(
+            np.full(n, None, dtype=object) if no_flag else np.where(chunk.flag == "", None, chunk.flag)
+        )
         parts["error"].append(np.full(n, chunk.error, dtype=object))
     columns = {name: np.concatenate(arrays) for name, arrays in parts.items()}
-    columns["error"] = pd.Series(columns["error"], dtype=object)  # None where none, not str's NaN
+    for name in ("flag", "error"):  # None where none, not str's NaN
+        columns[name] = pd.Series(columns[name], dtype=object)
     table = pd.DataFrame(columns, columns=COLUMNS)
     return table.astype({"index": "Int64", "probability": "float64", "label": "Int64", "y_true": "Int64"})
+
+
+def check_out_is_no_input(out: str | os.PathLike, inputs: list[str | os.PathLike]) -> None:
+    """Refuse an --out that is one of the inputs (or a labels file read beside one): writing the CSV
+    would replace it."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for path in expand_inputs(inputs):
+        for used in (path, labels_beside(path) if path.suffix.lower() in H5_SUFFIXES else None):
+            if used is not None and used.exists() and os.path.samefile(used, out):
+                raise PcamflowError(
+                    f"--out {out}: is one of the inputs ({used}); writing it would replace it"
+                )
 
 
 def cli_main(args) -> int:
     """`pcamflow predict`: exit 0 when every input was predicted, 1 when some were skipped (listed)."""
     check_output_file(args.out)  # before the prediction, not after it
+    check_out_is_no_input(args.out, args.input)
     bundle = load_bundle(args.model, args.device)
     result = predict_inputs(
         bundle,
@@ -262,6 +342,14 @@ def cli_main(args) -> int:
         f"wrote {args.out}: {n} tiles predicted, {positives} positive at threshold {bundle.threshold:.4f}"
         + (f"; {len(result.failures)} inputs skipped" if result.failures else "")
     )
+    flagged = result.table["flag"].value_counts()
+    if len(flagged):
+        print(
+            f"{int(flagged.sum())} tiles flagged ("
+            + ", ".join(f"{n} {name}" for name, n in flagged.items())
+            + f"): their predictions mean little; see the `flag` column of {args.out}",
+            file=sys.stderr,
+        )
     if result.failures:
         listed = result.failures[:MAX_LISTED]
         more = len(result.failures) - len(listed)

@@ -396,10 +396,11 @@ def write_champion_predictions(
     champion_json, store_dir, out, *, tta: bool, batch_size: int, device: str
 ) -> None:
     """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
-    from pcamflow.data.store import load_split, load_stats
+    from pcamflow.data.store import load_split, load_stats, verify_store
     from pcamflow.io import read_json
     from pcamflow.training.train import resolve_device
 
+    verify_store(store_dir, ("valid", "test"))  # once per job, before reading a tile
     champion = read_json(champion_json)
     valid, test = load_split(store_dir, "valid"), load_split(store_dir, "test")
     checkpoints = [s["checkpoint"] for s in champion["seeds"]]

@@ -149,7 +149,7 @@ def write_slices(
 
     `out` maps csv, html, histogram, false_negatives, false_positives to paths; meta_csv may be None.
     """
-    from pcamflow.data.store import load_split
+    from pcamflow.data.store import load_split, verify_store
     from pcamflow.evaluation.evaluate import load_predictions
     from pcamflow.io import read_json, write_csv
     from pcamflow.plots import html_table, plot_gallery, plot_intensity_histogram
@@ -159,6 +159,7 @@ def write_slices(
     row = list(preds["seeds"]).index(deploy["seed"])
     prob = preds["test_prob_tta" if "test_prob_tta" in preds else "test_prob"][row]
     threshold = deploy["threshold"]
+    verify_store(store_dir, ("test",))  # once per job, before reading a tile
     test = load_split(store_dir, "test")
     y = np.asarray(test.y).astype(bool)
     if not np.array_equal(y, preds["test_y"].astype(bool)):

@@ -1,9 +1,15 @@
-"""A faithful rebuild of the course template's input pipeline, kept only as the benchmark baseline.
+"""The course's own input pipeline, rebuilt faithfully; kept only as the benchmark's baselines.
 
-Per sample it opens the raw H5 files, reads one tile and one label, cleans the tile
-(NaN/inf -> 0, clip, uint8), goes through PIL (`ToPILImage`, `ToTensor`, `Normalize`), and a
+Per sample it reads one tile and one label from the raw H5 files, cleans the tile (NaN/inf -> 0,
+clip, uint8), goes through PIL (`ToPILImage`, `ToTensor`, `Normalize`), and a
 `WeightedRandomSampler` balances the classes; a `DataLoader` with worker processes batches it.
-`pcamflow throughput --mode naive` times it against the new pipeline (`pcamflow.data.pipeline`).
+
+Two baselines differ only in how the H5 files are opened:
+  - `naive` (`CourseH5Dataset`): the course loader as it was: both files opened lazily, once per
+    DataLoader worker process, and kept open;
+  - `reopen` (`ReopenH5Dataset`): both files opened anew for every tile (as torchvision's `PCAM`
+    does), about three times slower.
+`pcamflow throughput --mode naive|reopen` times them against the new pipeline (`pcamflow.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ TEMPLATE_MEAN = (0.5, 0.5, 0.5)
 TEMPLATE_STD = (0.5, 0.5, 0.5)
 
 
-class NaiveH5Dataset(Dataset):
-    """One tile per __getitem__, read from the H5 files opened anew each time (as the template did)."""
+class CourseH5Dataset(Dataset):
+    """One tile per __getitem__, read from H5 files each worker process opens once and keeps open."""
 
     def __init__(self, x_path: str | os.PathLike):
         self.x_path = Path(x_path)
@@ -40,16 +46,37 @@ class NaiveH5Dataset(Dataset):
                 transforms.Normalize(TEMPLATE_MEAN, TEMPLATE_STD),
             ]
         )
+        self._files = None  # (pid, x dataset, y dataset, the two open files) once opened
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tile, label = self._read(i)
+        return self.transform(clean_tiles(tile)), torch.tensor(int(np.asarray(label).reshape(-1)[0]))
+
+    def _read(self, i: int):
+        """Tile i and its label from this process's open files (opened at its first read)."""
+        if self._files is None or self._files[0] != os.getpid():  # a forked worker opens its own
+            fx, fy = h5py.File(self.x_path, "r"), h5py.File(self.y_path, "r")
+            self._files = (os.getpid(), fx[constants.X_KEY], fy[constants.Y_KEY], fx, fy)
+        _, x, y, _, _ = self._files
+        return x[i], y[i]
+
+    def __getstate__(self) -> dict:
+        # open h5py files cannot be pickled (spawned workers); each worker opens its own anyway
+        return {**self.__dict__, "_files": None}
+
+
+class ReopenH5Dataset(CourseH5Dataset):
+    """As CourseH5Dataset, but both files are opened anew for every tile (torchvision's `PCAM`)."""
+
+    def _read(self, i: int):
         with h5py.File(self.x_path, "r") as fx, h5py.File(self.y_path, "r") as fy:
-            tile = fx[constants.X_KEY][i]
-            label = fy[constants.Y_KEY][i]
-        tile = clean_tiles(tile)
-        return self.transform(tile), torch.tensor(int(np.asarray(label).reshape(-1)[0]))
+            return fx[constants.X_KEY][i], fy[constants.Y_KEY][i]
+
+
+DATASETS = {"naive": CourseH5Dataset, "reopen": ReopenH5Dataset}
 
 
 def balanced_sampler(labels: np.ndarray, num_samples: int, seed: int) -> WeightedRandomSampler:
@@ -63,9 +90,16 @@ def balanced_sampler(labels: np.ndarray, num_samples: int, seed: int) -> Weighte
 
 
 def naive_loader(
-    x_path: str | os.PathLike, batch_size: int, *, workers: int, num_samples: int, seed: int = 0
+    x_path: str | os.PathLike,
+    batch_size: int,
+    *,
+    workers: int,
+    num_samples: int,
+    seed: int = 0,
+    kind: str = "naive",
 ) -> DataLoader:
-    """The template's DataLoader over `num_samples` class-balanced draws from a raw `_x.h5` file."""
-    dataset = NaiveH5Dataset(x_path)
+    """The course's DataLoader over `num_samples` class-balanced draws from a raw `_x.h5` file;
+    `kind` picks the file handling: `naive` (the course's, kept open) or `reopen` (per tile)."""
+    dataset = DATASETS[kind](x_path)
     sampler = balanced_sampler(dataset.labels, num_samples, seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)

@@ -1,9 +1,10 @@
 """`pcamflow throughput`: images per second of one configuration, appended to a CSV as one row.
 
 Modes: `data` (the input pipeline alone: batches from the prepared store, normalised and
-augmented on the device), `naive` (the course template's loader, `pcamflow.throughput.baselines`, read
-from a raw `_x.h5` file), `forward` (the model in eval mode without gradients) and `train` (a full
-training step fed by the pipeline; the row also says how long the step waited for input).
+augmented on the device), `naive` (the course's loader, `pcamflow.throughput.baselines`, read from a raw
+`_x.h5` file that each worker opens once), `reopen` (the same loader reopening the files for every
+tile), `forward` (the model in eval mode without gradients) and `train` (a full training step fed
+by the pipeline; the row also says how long the step waited for input).
 
 Warm-up steps are not timed, CUDA is synchronised before every clock read, and an out-of-memory
 error becomes a row with status `oom`. `write_partition_csv` runs a partition's whole matrix for
@@ -32,7 +33,7 @@ import torch
 
 from pcamflow import provenance
 from pcamflow.config import validate_section, validate_training
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast
+from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident
 from pcamflow.data.store import Split, load_split, load_stats
 from pcamflow.errors import PcamflowError, check_output_file, first_line
 from pcamflow.io import now_iso, write_csv
@@ -41,14 +42,15 @@ from pcamflow.training.models import MODELS, build_model
 
 log = logging.getLogger(__name__)
 
-MODES = ("data", "naive", "forward", "train")
+MODES = ("data", "naive", "reopen", "forward", "train")
 MODEL_MODES = ("forward", "train")  # the modes a model and a precision apply to
-NOT_APPLICABLE = "-"  # model/precision of data and naive rows
+BASELINE_MODES = ("naive", "reopen")  # the course's loader: raw H5 file, DataLoader workers
+NOT_APPLICABLE = "-"  # model/precision of data and baseline rows
 AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # bench precision -> training.amp
 BENCH_SEED = 0
 BENCH_OPTIMIZER, BENCH_LR = "adam", 1e-3  # the step's cost hardly depends on them
 # img_per_s = images / seconds over the timed steps (wall clock); cpu_seconds is this process's
-# CPU time then (the naive loader's workers not included); data_time_s is the part of `seconds`
+# CPU time then (the baseline loaders' workers not included); data_time_s is the part of `seconds`
 # spent waiting for the next input batch; peak_rss_mb is this process's peak during the row;
 # status is ok, oom, skipped (not measured: message says why) or error. slurm_job_id and node
 # (SLURMD_NODENAME) are blank outside Slurm; device_model is the CPU or GPU model.
@@ -86,7 +88,7 @@ class BenchSpec:
     """One configuration to measure."""
 
     mode: str
-    data: str  # prepared store directory; for `naive` a raw _x.h5 file
+    data: str  # prepared store directory; for `naive` and `reopen` a raw _x.h5 file
     model: str = "cnn"
     batch_size: int = 64
     precision: str = "fp32"
@@ -201,7 +203,7 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
         batch_size=spec.batch_size,
         precision=spec.precision if spec.uses_model else NOT_APPLICABLE,
         device=spec.device,
-        workers=spec.workers if spec.mode == "naive" else 0,  # the pipeline runs in this process
+        workers=spec.workers if spec.mode in BASELINE_MODES else 0,  # the pipeline runs in this process
         threads=torch.get_num_threads(),
         warmup=spec.warmup,
         steps=spec.steps,
@@ -218,7 +220,7 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
     if measured is not None:
         row.update(
             images=measured.images,
-            seconds=round(measured.seconds, 6),
+            seconds=round(measured.seconds, 9),  # a fast data row takes well under a millisecond
             img_per_s=round(measured.images / measured.seconds, 3),
             cpu_seconds=round(measured.cpu_seconds, 6),
             data_time_s=round(measured.data_time_s, 6),
@@ -291,7 +293,8 @@ def timed_steps(batches: Iterator, step: Callable, *, warmup: int, steps: int, d
 
 
 def measure_naive(spec: BenchSpec) -> Measurement:
-    """The course template's loader; it draws exactly the batches timed, so no epoch restarts."""
+    """The course's loader (`naive`: files kept open; `reopen`: reopened per tile); it draws
+    exactly the batches timed, so no epoch restarts."""
     from pcamflow.throughput.baselines import naive_loader
 
     loader = naive_loader(
@@ -300,6 +303,7 @@ def measure_naive(spec: BenchSpec) -> Measurement:
         workers=spec.workers,
         num_samples=(spec.warmup + spec.steps) * spec.batch_size,
         seed=BENCH_SEED,
+        kind=spec.mode,
     )
     return timed_steps(iter(loader), _no_step, warmup=spec.warmup, steps=spec.steps, device="cpu")
 
@@ -348,6 +352,7 @@ def measure_train(spec: BenchSpec) -> Measurement:
 
 MEASURES: dict[str, Callable[[BenchSpec], Measurement]] = {
     "naive": measure_naive,
+    "reopen": measure_naive,
     "data": measure_data,
     "forward": measure_forward,
     "train": measure_train,
@@ -378,12 +383,17 @@ def _training_settings(spec: BenchSpec) -> dict:
 
 
 def _loader(spec: BenchSpec, settings: dict) -> BatchLoader:
+    """The train split's loader, on the input path training would take (`training.device_resident`)."""
+    split = train_split(os.fspath(spec.data))
+    resident = device_resident(settings["device_resident"], split, spec.device)
     return BatchLoader(
-        train_split(os.fspath(spec.data)),
+        split,
         spec.batch_size,
         seed=BENCH_SEED,
         balanced=settings["sampler"] == "balanced",
         device=spec.device,
+        resident=resident,
+        lazy=spec.device == "cpu" and not resident,  # as training does
     )
 
 
@@ -443,8 +453,8 @@ def partition_specs(
 ) -> list[BenchSpec]:
     """Every configuration of the `throughput:` settings on one partition.
 
-    forward/train: models x precisions x batch sizes; data/naive do not involve a model or a
-    precision, so they run once per batch size.
+    forward/train: models x precisions x batch sizes; data and the baselines (naive, reopen) do
+    not involve a model or a precision, so they run once per batch size.
     """
     specs = []
     for mode in settings["modes"]:
@@ -455,12 +465,12 @@ def partition_specs(
         specs += [
             BenchSpec(
                 mode=mode,
-                data=raw_x if mode == "naive" else store,
+                data=raw_x if mode in BASELINE_MODES else store,
                 model=model,
                 batch_size=batch_size,
                 precision=precision,
                 device=partition["device"],
-                workers=settings["workers"] if mode == "naive" else 0,
+                workers=settings["workers"] if mode in BASELINE_MODES else 0,
                 warmup=settings["warmup"],
                 steps=settings["steps"],
                 partition=name,

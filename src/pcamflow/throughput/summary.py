@@ -10,9 +10,11 @@ so data-only < 2 x train  <=>  d > c  <=>  input share > 0.5):
   - `data_share`: the train row's own time waiting for input / its time; input-bound above 0.5.
     Used when there is no data-only row.
 
-`speedup_vs_naive` (data rows): the pipeline's img/s over the course template's loader (`naive`)
-at the same (partition, device, batch size); the pipeline runs in the process's threads, the naive
-loader in `throughput.workers` worker processes.
+`speedup_vs_course` (data rows): the pipeline's img/s over the course's loader (mode `naive`: H5
+files opened once per worker and kept open) at the same (partition, device, batch size);
+`speedup_vs_reopen` the same over the loader that reopens the files for every tile (mode `reopen`),
+empty when it was not measured. The pipeline runs in the process's threads, the baselines in
+`throughput.workers` worker processes.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ COMPUTE_BOUND = "compute-bound"
 HEADROOM_LIMIT = 2.0  # data-only img/s below this multiple of train img/s: input-bound
 SHARE_LIMIT = 0.5  # train time spent waiting for input above this: input-bound
 PAIR_KEYS = ["partition", "device", "batch_size"]
+SPEEDUP_COLUMNS = {"speedup_vs_course": "naive", "speedup_vs_reopen": "reopen"}  # column -> baseline mode
 
 
 def read_throughput(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -51,7 +54,7 @@ def read_throughput(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 def add_bottleneck(rows: pd.DataFrame) -> pd.DataFrame:
     """Add data_share, input_headroom and bottleneck (set on measured train rows only), and
-    speedup_vs_naive (on measured data rows)."""
+    the speedups over the two baselines (on measured data rows)."""
     out = rows.copy()
     for column in ("img_per_s", "seconds", "data_time_s"):
         out[column] = pd.to_numeric(out[column], errors="coerce")
@@ -59,9 +62,9 @@ def add_bottleneck(rows: pd.DataFrame) -> pd.DataFrame:
     train = ok & (out["mode"] == "train")
     data = ok & (out["mode"] == "data")
     data_rate = _paired_rate(out, data)
-    out["speedup_vs_naive"] = (
-        (out["img_per_s"] / _paired_rate(out, ok & (out["mode"] == "naive"))).where(data).round(1)
-    )
+    for column, baseline in SPEEDUP_COLUMNS.items():
+        baseline_rate = _paired_rate(out, ok & (out["mode"] == baseline))
+        out[column] = (out["img_per_s"] / baseline_rate).where(data).round(1)
     out["data_share"] = (out["data_time_s"] / out["seconds"]).where(train).round(4)
     out["input_headroom"] = (data_rate / out["img_per_s"]).where(train).round(3)
     by_headroom = out["input_headroom"] < HEADROOM_LIMIT
@@ -89,7 +92,7 @@ def plot_scaling(rows: pd.DataFrame, path: str | os.PathLike) -> None:
     import matplotlib.ticker
 
     measured = rows[rows["status"] == "ok"]
-    modes = [m for m in ("data", "naive", "forward", "train") if m in set(measured["mode"])]
+    modes = [m for m in ("data", "naive", "reopen", "forward", "train") if m in set(measured["mode"])]
     fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(4.5 * max(len(modes), 1), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for label, line in _lines(measured[measured["mode"] == mode]):

@@ -47,8 +47,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: refused to load: weights-only loading rejected its content (not a checkpoint of "
             "plain tensors and values)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise PcamflowError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    except Exception as err:  # noqa: BLE001 - damaged bytes fail anywhere in the unpickler (KeyError, ...)
+        raise PcamflowError(
+            f"{path}: not a readable checkpoint (damaged, truncated or not a torch file: {type(err).__name__})"
+        ) from None
     if isinstance(state, dict) and "failed" in state:  # written by runstatus.write_failed_run
         raise PcamflowError(f"{path}: the run failed, so it has no weights ({state['failed'].get('reason')})")
     if not isinstance(state, dict) or "model" not in state:

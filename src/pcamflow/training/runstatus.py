@@ -77,8 +77,9 @@ def train_or_record_failure(
     """Train the run; on its last attempt, a failure is recorded in its outputs instead of raised.
 
     Returns the training summary, or None for a run recorded as failed. Before the last attempt any
-    failure (a preemption too) is raised, so the job fails and Snakemake retries it; the resume
-    state in state_dir is kept either way, so a later retry continues from the last checkpoint.
+    failure (a preemption too) is raised, so the job fails and Snakemake retries it, and so is a stop
+    the user asked for (stopped_by_user); the resume state in state_dir is kept either way, so a
+    later retry continues from the last checkpoint.
     """
     from pcamflow.training.train import run_training
 
@@ -86,12 +87,21 @@ def train_or_record_failure(
         check_injected_failure(out_dir)
         return run_training(run_config, out_dir, state_dir, live_dir=live_dir)
     except (Exception, Preempted) as exc:
-        if attempt < attempts:
+        if attempt < attempts or stopped_by_user(exc):
             raise
         reason = failure_reason(exc)
         log.exception("attempt %d of %d failed; recording the run as failed: %s", attempt, attempts, reason)
         write_failed_run(out_dir, state_dir, run_config, reason, attempt)
         return None
+
+
+def stopped_by_user(exc: BaseException) -> bool:
+    """A checkpointed stop that must stay resumable rather than count as a failure: Ctrl-C, or a
+    SIGTERM outside Slurm (Snakemake or the user stopping the run). Inside a Slurm job, SIGTERM on
+    the last attempt is the time limit once more, and the run is recorded as failed."""
+    if not isinstance(exc, Preempted):
+        return False
+    return str(exc).startswith("SIGINT") or not os.environ.get("SLURM_JOB_ID")
 
 
 def write_failed_run(

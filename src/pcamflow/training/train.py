@@ -7,7 +7,7 @@
 
 Resume: the full state (model, optimizer, scheduler, scaler, every RNG, the loader's position inside
 the epoch, history so far) is checkpointed into `state_dir` at every epoch end, every
-`checkpoint_minutes` and on SIGTERM/SIGUSR1; a run that finds it there continues from it and ends
+`checkpoint_minutes` and on SIGTERM/SIGUSR1/SIGINT; a run that finds it there continues from it and ends
 bit-identical (on a CPU, timing fields aside) to an uninterrupted run. The learning-rate schedule is
 stepped once per optimizer step (warm-up and cosine are smooth over steps; the step schedule decays
 at epoch boundaries).
@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
 from pcamflow.config import GRID_KEYS, load_schema, load_yaml, validate
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, predict_logits
+from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident, predict_logits
 from pcamflow.data.staging import stage_prepared
-from pcamflow.data.store import load_split, load_stats, store_checksum, store_files
-from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
+from pcamflow.data.store import load_split, load_stats, store_files, verify_store
+from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted, check_output_dir
 from pcamflow.io import atomic_dir, atomic_path, now_iso, write_csv, write_json
 from pcamflow.rundir import (
     BEST_CHECKPOINT,
@@ -64,7 +64,14 @@ log = logging.getLogger("pcamflow.training.train")
 
 # Training settings that do not change what is learned: a checkpoint written under other values
 # of these (another device, thread count or logging cadence) still resumes.
-OPERATIONAL_KEYS = ("log_every", "checkpoint_minutes", "checkpoint_every_steps", "device", "threads")
+OPERATIONAL_KEYS = (
+    "log_every",
+    "checkpoint_minutes",
+    "checkpoint_every_steps",
+    "device",
+    "threads",
+    "device_resident",
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -279,18 +286,22 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
     seed_everything(cfg["seed"])
     # on a Slurm node with scratch, read a node-local copy; cfg keeps the shared path (run.json, resume)
     data = stage_prepared(cfg["data"])
+    data_checksum = verify_store(data, ("train", "valid"))  # what this job reads, once per job
     train_split, valid = load_split(data, "train"), load_split(data, "valid")
     stats = load_stats(data)
     model = build_model(cfg["model"], settings).to(device)
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     loader_seed, augment_seed = derived_seeds(cfg["seed"], 2)
+    resident = device_resident(settings["device_resident"], train_split, device)
     loader = BatchLoader(
         train_split,
         cfg["batch_size"],
         seed=loader_seed,
         balanced=settings["sampler"] == "balanced",
         device=device,
+        resident=resident,
+        lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
     optimizer = build_optimizer(model, cfg["optimizer"], cfg["lr"], settings)
     return Run(
@@ -313,7 +324,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         valid=valid,
         stats=stats,
         state_dir=state_dir,
-        data_checksum=store_checksum(data),
+        data_checksum=data_checksum,
     )
 
 
@@ -378,7 +389,12 @@ def load_resume_state(run: Run) -> Progress:
     path = run.state_dir / LAST_CHECKPOINT
     if not path.exists():
         return Progress(start_time=now_iso())
-    state = load_checkpoint(path, map_location="cpu")
+    try:
+        state = load_checkpoint(path, map_location="cpu")
+    except PcamflowError as err:  # else every retry of the run fails the same way, for good
+        raise PcamflowError(
+            f"{err}; it is this run's resume state: delete {path} to restart this run from its first epoch"
+        ) from None
     why_not = resumable(state, run)
     if why_not:
         log.warning("not resuming from %s: %s; starting afresh", path, why_not)
@@ -402,9 +418,11 @@ def clear_state(state_dir: Path) -> None:
 
 
 class StopRequest:
-    """Set by SIGTERM/SIGUSR1 (Slurm's warning before a time limit or preemption)."""
+    """Set by SIGTERM/SIGUSR1 (Slurm's warning before a time limit or preemption) and by SIGINT
+    (Ctrl-C, in a terminal or of a local workflow): each checkpoints, then stops. A second Ctrl-C
+    stops at once, without waiting for the checkpoint."""
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
         self.signal_name: str | None = None
@@ -430,6 +448,10 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         # only set a flag here: the loop checkpoints at the next step boundary and stops
+        if signum == signal.SIGINT and self.signal_name == "SIGINT":
+            raise KeyboardInterrupt  # Ctrl-C twice: the user does not want to wait
+        if signum == signal.SIGINT:
+            log.warning("Ctrl-C: checkpointing at the next step, then stopping (Ctrl-C again to stop now)")
         self.signal_name = signal.Signals(signum).name
 
     def stopping(self, where: str) -> Preempted:
@@ -874,6 +896,9 @@ def run_training(
 
 def cli_main(args) -> int:
     """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR] [--live-dir DIR]`."""
+    check_output_dir(args.out)  # before an epoch is trained, not after it
+    if getattr(args, "state_dir", None):
+        check_output_dir(args.state_dir, "--state-dir")
     run_config = load_yaml(args.config)
     try:
         summary = run_training(
