@@ -173,7 +173,7 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
     for seed in (1, 2):
         assert_same_training(run_dir(local_wf, "cnn", seed), run_dir(slurm_wf, "cnn", seed))
     # throughput rows name the Slurm job and node they were measured in (blank outside Slurm)
-    (bench_job,) = [j for j in jobs if rule_of(j["Comment"], profile["groups"]) == "benchmark"]
+    (bench_job,) = [j for j in jobs if rule_of(j["Comment"], profile["groups"]) == "throughput"]
     slurm_rows = pd.read_csv(slurm_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
     local_rows = pd.read_csv(local_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
     assert set(slurm_rows["slurm_job_id"]) == {bench_job["JobID"]}
