@@ -18,6 +18,7 @@ include: "rules/aggregate.smk"
 include: "rules/evaluation.smk"
 include: "rules/deployment.smk"
 include: "rules/throughput.smk"
+include: "rules/overview.smk"
 
 
 rule all:

@@ -15,6 +15,8 @@ rule aggregate:
         avg_html=report(
             METRICS_AVG_HTML, caption="../report/metrics_avg.rst", category="sweep", subcategory="tables"
         ),
+        # `snakemake --forcerun $(cat results/summary/failed_runs.txt)` retrains only the failed runs
+        failed=FAILED_RUNS,
     log:
         LOGS / "aggregate.log",
     conda:
@@ -47,6 +49,8 @@ rule champion:
     params:
         grid_keys=GRID_KEYS,
         metric=config["champion"]["metric"],
+        # grid points with fewer successful seeds do not compete (default: every seed of the config)
+        min_seeds=config["champion"]["min_seeds"] or len(config["seeds"]),
         training=RESULT_TRAINING,  # model sizes, for the parameter counts of ties
     script:
         "../workflow_scripts/champion.py"

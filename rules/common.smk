@@ -11,6 +11,7 @@ from pcamflow import constants, layout, rundir
 from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
 from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, record_experiment
+from pcamflow.training.runstatus import ATTEMPTS_ENV
 
 try:
     # --config values arrive as text inside lists and mappings: validation applies the schema's types
@@ -75,11 +76,14 @@ RUN_DIR = layout.run_dir_pattern(RESULTS, GRID_KEYS)
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
 STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
 TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
+# live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
+TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
 SUMMARY = RESULTS / "summary"
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
 METRICS_AVG = SUMMARY / "metrics_avg.csv"
 METRICS_AVG_HTML = SUMMARY / "metrics_avg.html"
+FAILED_RUNS = SUMMARY / "failed_runs.txt"
 CHAMPION_JSON = SUMMARY / "champion.json"
 PARALLEL_PLOT = SUMMARY / "parallel_coordinates.png"
 EPOCH_CURVES = str(SUMMARY / "curves" / GRID_POINT / "epochs.png")
@@ -94,6 +98,7 @@ CONFUSION_PLOT = EVALUATION / "confusion.png"
 ROC_PR_PLOT = EVALUATION / "roc_pr.png"
 SLICES_CSV = SUMMARY / "slices.csv"
 SLICES_HTML = SUMMARY / "slices.html"
+SLICES_HISTOGRAM = EVALUATION / "intensity_histogram.png"
 GALLERY_FN = EVALUATION / "false_negatives.png"
 GALLERY_FP = EVALUATION / "false_positives.png"
 REPRO_JSON = SUMMARY / "reproducibility.json"
@@ -103,6 +108,10 @@ REPRO_STATE = RESULTS / "state" / "reproducibility"
 # the champion's model bundle and the offline handover tarball (rules/deployment.smk)
 BUNDLE_DIR = RESULTS / "bundle" / "model"
 HANDOVER_TAR = RESULTS / "handover.tar.gz"
+# the answer first: the report's first page (report/workflow.rst includes the .rst) and the last lines
+OVERVIEW_RST = SUMMARY / "overview.rst"
+OVERVIEW_HTML = SUMMARY / "overview.html"
+OVERVIEW_TXT = SUMMARY / "overview.txt"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
@@ -113,6 +122,19 @@ def input_mb(input):
     """Size of a job's existing input files in MB (plain stat calls: `input.size_mb` is async in
     Snakemake 9 and warns when evaluated outside a job, e.g. by --report)."""
     return sum(os.path.getsize(f) for f in input if os.path.exists(f)) / 2**20
+
+
+def train_attempts(wildcards):
+    """How many attempts a training job gets (Snakemake's retries + 1): on its last one a run that
+    fails is recorded as failed and the sweep goes on. Jobs that Snakemake starts in another process
+    (a Slurm job) are told `--retries 0`, so the controller hands its count on in the environment
+    (sbatch exports it)."""
+    if workflow.remote_exec or workflow.subprocess_exec:
+        return int(os.environ.get(ATTEMPTS_ENV, "1"))
+    settings = workflow.execution_settings  # None when nothing runs (--report, --summary)
+    attempts = (settings.retries if settings is not None else 0) + 1
+    os.environ[ATTEMPTS_ENV] = str(attempts)
+    return attempts
 
 
 def raw_files(split):

@@ -78,6 +78,12 @@ rule slices:
     output:
         csv=report(SLICES_CSV, caption="../report/slices.rst", category="slices", subcategory="metrics"),
         html=report(SLICES_HTML, caption="../report/slices.rst", category="slices", subcategory="metrics"),
+        histogram=report(
+            SLICES_HISTOGRAM,
+            caption="../report/slices_histogram.rst",
+            category="slices",
+            subcategory="metrics",
+        ),
         false_negatives=report(
             GALLERY_FN, caption="../report/gallery_fn.rst", category="slices", subcategory="errors"
         ),
@@ -132,6 +138,6 @@ rule reproducibility:
 
 
 TARGETS.extend([EVALUATE_JSON, EVALUATE_CSV, EVALUATE_HTML, CONFUSION_PLOT, ROC_PR_PLOT])
-TARGETS.extend([SLICES_CSV, SLICES_HTML, GALLERY_FN, GALLERY_FP])
+TARGETS.extend([SLICES_CSV, SLICES_HTML, SLICES_HISTOGRAM, GALLERY_FN, GALLERY_FP])
 if config["reproducibility"]["enabled"]:
     TARGETS.extend([REPRO_JSON, REPRO_HTML])

@@ -34,6 +34,9 @@ rule train:
     resources:
         # the train and valid arrays are read into memory (memory-mapped when they would not fit)
         mem_mb=lambda wildcards, input: 2000 + int(2 * input_mb(input)),
+        # which attempt this is (a resource, not a param: it must not make finished runs rerun)
+        attempt=lambda wildcards, attempt: attempt,
+        attempts=train_attempts,
     params:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
@@ -43,6 +46,8 @@ rule train:
         data=lambda wildcards, input: str(Path(input[0]).parent),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
         state_dir=STATE_DIR,
+        # TensorBoard scalars while it trains: `tensorboard --logdir results/tensorboard` shows the sweep live
+        live_dir=TENSORBOARD_LIVE,
     script:
         "../workflow_scripts/train.py"
 

@@ -208,8 +208,11 @@ def test_rule_entry_points_write_tables_champion_and_plots(tmp_path):
         {("mlp", 0.001, 64, "adam"): [0.8, 0.82, 0.81], ("cnn", 0.001, 64, "sgd"): [0.9, 0.95, 0.93]},
     )
     out = tmp_path / "summary"
-    aggregate.write_aggregate(runs, dirs, GRID_KEYS, out / "runs.csv", out / "avg.csv", out / "avg.html")
+    aggregate.write_aggregate(
+        runs, dirs, GRID_KEYS, out / "runs.csv", out / "avg.csv", out / "avg.html", out / "failed.txt"
+    )
     assert len(pd.read_csv(out / "runs.csv")) == 6
+    assert (out / "failed.txt").read_text() == ""
     assert (
         f"{np.mean([0.9, 0.95, 0.93]):.4f} ± {np.std([0.9, 0.95, 0.93], ddof=1):.4f}"
         in (out / "avg.html").read_text()
@@ -247,3 +250,73 @@ def test_sweep_tensorboard_holds_hparams_of_every_run(tmp_path):
     acc = EventAccumulator(str(out / "model~cnn/lr~0.001/batch_size~64/optimizer~adam/seed~2")).Reload()
     assert acc.Scalars("best/val_auc")[0].value == pytest.approx(0.95)
     assert "_hparams_/session_start_info" in acc.summary_metadata
+
+
+def fail_run(run_dir, reason="TrainingDiverged: training loss is nan at step 3 (epoch 1)", attempts=3):
+    """Turn a run into one that failed for good, as pcamflow.training.runstatus.write_failed_run leaves it."""
+    from pcamflow.training.runstatus import write_failed_run
+
+    for path in run_dir.iterdir():
+        path.unlink()
+    write_failed_run(run_dir, run_dir / "no-state", {"seed": 2, "training": {}}, reason, attempts)
+
+
+def test_failed_runs_are_listed_with_their_reason_and_left_out_of_the_means(tmp_path):
+    runs, dirs = sweep(
+        tmp_path / "runs",
+        {("mlp", 0.001, 64, "adam"): [0.8, 0.82, 0.81], ("cnn", 0.001, 64, "sgd"): [0.99, 0.95, 0.93]},
+    )
+    fail_run(dirs[3])  # cnn seed 1: the best run of the sweep, had it not failed
+    out = tmp_path / "summary"
+    aggregate.write_aggregate(
+        runs, dirs, GRID_KEYS, out / "runs.csv", out / "avg.csv", out / "avg.html", out / "failed.txt"
+    )
+    table = pd.read_csv(out / "runs.csv")
+    failed = table.loc[table["status"] == "failed"]
+    assert len(failed) == 1 and failed.iloc[0]["seed"] == 1 and failed.iloc[0]["attempts"] == 3
+    assert failed.iloc[0]["failure_reason"].startswith("TrainingDiverged: training loss is nan")
+    assert (table["status"] == "done").sum() == 5
+    avg = pd.read_csv(out / "avg.csv", dtype={"seeds": str, "failed_seeds": str}).set_index("model")
+    assert avg.loc["cnn", "n_seeds"] == 2 and avg.loc["cnn", "n_planned"] == 3
+    assert avg.loc["cnn", "failed_seeds"] == "1" and avg.loc["cnn", "seeds"] == "2 3"
+    assert avg.loc["cnn", "val_auc_mean"] == pytest.approx(np.mean([0.95, 0.93]))
+    assert "2 / 3" in (out / "avg.html").read_text()
+    assert (out / "failed.txt").read_text() == f"{dirs[3] / 'run.json'}\n"
+
+    training = {"mlp_hidden": [4], "cnn_width": 4}
+    args = (out / "runs.csv", out / "avg.csv", GRID_KEYS, "val_auc", training, out / "c.json", out / "pc.png")
+    # default: every seed must succeed, so the cnn point does not compete
+    champ = aggregate.write_champion(*args, min_seeds=None)
+    assert champ["grid_point"]["model"] == "mlp" and champ["min_seeds"] == 3
+    assert champ["not_ranked"] == ["model~cnn/lr~0.001/batch_size~64/optimizer~sgd"]
+    assert [r["rank"] for r in champ["ranking"]] == [1]
+    champ = aggregate.write_champion(*args, min_seeds=2)
+    assert champ["grid_point"]["model"] == "cnn" and champ["n_seeds"] == 2
+    assert [s["seed"] for s in champ["seeds"]] == [2, 3]  # never the failed seed's checkpoint
+    with pytest.raises(PcamflowError, match="no grid point has 4 successful seed"):
+        aggregate.write_champion(*args, min_seeds=4)
+
+    # the per-grid-point plots and the sweep's HParams skip it; a point whose seeds all failed says so
+    aggregate.plot_grid_point(
+        point("cnn", optimizer="sgd"), [1, 2, 3], dirs[3:], out / "e.png", out / "s.png", GRID_KEYS
+    )
+    for other in dirs[4:]:
+        fail_run(other)
+    aggregate.plot_grid_point(
+        point("cnn", optimizer="sgd"), [1, 2, 3], dirs[3:], out / "e.png", out / "s.png", GRID_KEYS
+    )
+    aggregate.write_sweep_tensorboard(runs, dirs, GRID_KEYS, tmp_path / "tb")
+    assert len({p.parent for p in (tmp_path / "tb").rglob("events.out.tfevents.*")}) == 3
+
+
+def test_a_failed_runs_checkpoint_says_the_run_failed(tmp_path):
+    from pcamflow.training.checkpoint import load_model
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    fail_run(run_dir, reason="OutOfMemoryError: CUDA out of memory")
+    with pytest.raises(PcamflowError, match="the run failed, so it has no weights .OutOfMemoryError"):
+        load_model(run_dir / "checkpoint_best.pt")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "failed"
+    assert info["failure"] == {"reason": "OutOfMemoryError: CUDA out of memory", "attempts": 3}

@@ -336,3 +336,21 @@ def test_an_unwritable_out_fails_before_measuring(problem, store, tmp_path, caps
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("the measurement ran although --out cannot be written")
+
+
+def test_rows_carry_the_slurm_job_node_and_device_model_blank_outside_slurm(monkeypatch):
+    from pcamflow import provenance
+
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURMD_NODENAME"):
+        monkeypatch.delenv(var, raising=False)
+    spec = bench.BenchSpec(mode="data", data="store", partition="rome")
+    row = bench.skipped_row(spec, "not measured")
+    assert row["slurm_job_id"] is None and row["node"] is None
+    assert row["device_model"] == provenance.cpu_model() and row["device_model"]
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURMD_NODENAME", "tcn1337")
+    row = bench.skipped_row(spec, "not measured")
+    assert (row["slurm_job_id"], row["node"]) == ("4242", "tcn1337")
+    gpu_row = bench.skipped_row(bench.BenchSpec(mode="train", data="store", device="cuda"), "no GPU")
+    expected = torch.cuda.get_device_name("cuda") if torch.cuda.is_available() else None
+    assert gpu_row["device_model"] == expected

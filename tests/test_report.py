@@ -19,12 +19,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import REPO, make_workflow_copy, snakemake
 
+from pcamflow.training.runstatus import INJECT_ENV
+
 CONFIG = "config/test.yaml"
-CATEGORIES = {"data", "training", "sweep", "evaluation", "slices", "throughput"}
+CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput"}
+# one run of the test config fails on every attempt (fault injection), as runs of a real sweep do
+FAILING_RUN = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~2"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = (
     "--headless",
@@ -63,16 +68,20 @@ with SnakemakeApi(OutputSettings()) as api:
 
 @pytest.fixture(scope="module")
 def finished_report(tmp_path_factory) -> Path:
-    """The whole workflow run on the test config in a private copy, then its report built."""
+    """The whole workflow run on the test config in a private copy (one run failing on every attempt),
+    then its report built. The run's terminal output is kept in terminal.txt."""
     workdir = make_workflow_copy(tmp_path_factory.mktemp("report") / "wf")
-    snakemake(workdir, "--cores", "2", "--configfile", CONFIG)
+    with mock.patch.dict(os.environ, {INJECT_ENV: f"*{FAILING_RUN}"}):
+        run = snakemake(workdir, "--cores", "2", "--configfile", CONFIG)
+    (workdir / "terminal.txt").write_text(run.stdout)
     snakemake(workdir, "--configfile", CONFIG, "--report", "report.html")
     return workdir
 
 
-def report_variable(html: str, name: str):
+def report_variable(html: str, name: str, script_id: str | None = None):
     """A JSON value the report embeds as `var <name> = ...;` in its own <script> element."""
-    match = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', html, re.S)
+    script_id = script_id or name
+    match = re.search(rf'<script id="{script_id}">\s*var {name} = (.*?);\s*</script>', html, re.S)
     assert match, f"report has no `var {name}`"
     return json.loads(match.group(1))
 
@@ -104,6 +113,36 @@ def test_every_report_output_is_in_the_report(finished_report):
     assert set(report_variable(html, "categories")) == CATEGORIES
     uncaptioned = [path for path, r in results.items() if not (r["caption"] or "").strip()]
     assert not uncaptioned, f"results without a caption: {uncaptioned}"
+
+
+@pytest.mark.slow
+def test_the_report_and_the_terminal_give_the_answer_first_and_name_the_failed_run(finished_report):
+    first_page = report_variable(
+        (finished_report / "report.html").read_text(), "workflow_desc", "workflow-desc"
+    )
+    assert first_page.index("The answer first") < first_page.index("pcamflow trained every grid point")
+    for expected in (
+        "champion (chosen on validation)",
+        "model~cnn/lr~0.001/batch_size~32/optimizer~adam",  # every mlp seed must succeed to compete
+        "test AUC",
+        "test F2",
+        "majority class",
+        "always positive",
+        "1 of 4",
+        f"{FAILING_RUN}: InjectedFailure: failure injected",
+        "data audit: train",
+        "tiles shared between splits",
+        "javascript:app.showResultInfo",  # the details cells link to the results
+    ):
+        assert expected in first_page, expected
+    terminal = (finished_report / "terminal.txt").read_text()
+    lines = terminal[terminal.index("pcamflow: the sweep is done.") :].splitlines()
+    assert lines[1].startswith("  champion   model~cnn/lr~0.001/batch_size~32/optimizer~adam")
+    assert re.match(r"  test AUC   0\.\d{4} \[0\.\d{4}, [01]\.\d{4}\]  \(95% bootstrap interval\)", lines[2])
+    assert lines[3].startswith("  test F2    ")
+    assert lines[4].startswith("  FAILED     1 run(s)") and FAILING_RUN in lines[5]
+    assert "snakemake --forcerun $(cat results/summary/failed_runs.txt)" in lines[6]
+    assert "snakemake --report report.html" in lines[7] and "pcamflow status" in lines[8]
 
 
 # ---------------------------------------------------------------- headless Chromium over a CDP pipe
@@ -282,6 +321,13 @@ def test_report_loads_in_chromium_without_script_errors_and_its_images_render(fi
     assert (
         chromium.evaluate(session, "document.querySelector('#app').children.length") > 0
     )  # the app rendered
+    # the first page opens on the overview table; the rule graph comes after it, not first
+    overview_top, graph_top = chromium.evaluate(
+        session,
+        "[document.querySelector('table.pcamflow-overview').getBoundingClientRect().top,"
+        " document.querySelector('#rulegraph').getBoundingClientRect().top]",
+    )
+    assert overview_top < 150 < graph_top
     shown = chromium.evaluate(session, SHOW_EVERY_RESULT)
     assert shown["failures"] == []
     assert shown["images"] == n_images > 5

@@ -131,7 +131,9 @@ def test_write_slices_reads_every_source_and_draws_galleries(tmp_path):
     )
     (tmp_path / "audit.json").write_text(json.dumps({"faults": {"black": {"indices": [0, 1]}}}))
     pd.DataFrame({"centre": np.arange(n) % 2}).to_csv(tmp_path / "meta.csv", index=False)
-    out = {k: tmp_path / f"out_{k}" for k in ("csv", "html", "false_negatives", "false_positives")}
+    out = {
+        k: tmp_path / f"out_{k}" for k in ("csv", "html", "histogram", "false_negatives", "false_positives")
+    }
     settings = {"dark": 0.35, "bright": 0.75, "gallery": 4}
     table = slices.write_slices(
         tmp_path / "p.npz",
@@ -149,5 +151,20 @@ def test_write_slices_reads_every_source_and_draws_galleries(tmp_path):
     assert table.loc[table.slice == "all tiles", "recall"].item() == pytest.approx(
         np.mean(prob[y == 1] >= 0.5)
     )
-    for kind in ("false_negatives", "false_positives"):
+    for kind in ("histogram", "false_negatives", "false_positives"):
         assert out[kind].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_intensity_histogram_draws_the_slice_thresholds_and_counts(tmp_path, monkeypatch):
+    from pcamflow import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    intensity = np.array([0.1, 0.2, 0.5, 0.6, 0.9])
+    plots.plot_intensity_histogram(
+        intensity, np.array([0, 1, 0, 1, 1]), 0.35, 0.75, "test", tmp_path / "h.png"
+    )
+    (ax,) = figures[0].axes
+    assert [line.get_xdata()[0] for line in ax.lines] == [0.35, 0.75]
+    assert sum(patch.get_height() for bars in ax.containers for patch in bars) == 5  # every tile, once
+    assert "dark 2, middle 2, bright 1" in ax.get_title()

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
@@ -28,13 +29,14 @@ from test_profiles import MAIN, parse_profile
 
 from pcamflow.evaluation.reproducibility import compare_runs
 from pcamflow.io import read_json
+from pcamflow.training.runstatus import INJECT_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM_TESTS = REPO / "tests" / "slurm"
 ACCOUNT = "pcamflow"  # start_cluster.sh registers it
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
-SACCT_FIELDS = "JobID,Comment,Partition,Account,State,Elapsed,Timelimit,AllocTRES"
+SACCT_FIELDS = "JobID,Comment,Partition,Account,State,Elapsed,Timelimit,AllocTRES,NodeList"
 # Faster than the profile's 40 s before the first status check; Slurm itself is untouched.
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
 # A 2-core machine cannot give a job 18 threads; every other setting is the profile's.
@@ -171,6 +173,13 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
 
     for seed in (1, 2):
         assert_same_training(run_dir(local_wf, "cnn", seed), run_dir(slurm_wf, "cnn", seed))
+    # throughput rows name the Slurm job and node they were measured in (blank outside Slurm)
+    (bench_job,) = [j for j in jobs if rule_of(j["Comment"], profile["groups"]) == "throughput"]
+    slurm_rows = pd.read_csv(slurm_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
+    local_rows = pd.read_csv(local_wf / "results/throughput/rome.csv", dtype=str, keep_default_na=False)
+    assert set(slurm_rows["slurm_job_id"]) == {bench_job["JobID"]}
+    assert set(slurm_rows["node"]) == {bench_job["NodeList"]} and all(slurm_rows["device_model"])
+    assert set(local_rows["slurm_job_id"]) == set(local_rows["node"]) == {""}
     manifest = Path("results/prepared/manifest.json")
     assert read_json(slurm_wf / manifest)["checksum"] == read_json(local_wf / manifest)["checksum"]
 
@@ -294,3 +303,37 @@ def test_status_names_the_slurm_job_of_each_running_training_run(slurm_env, tmp_
     assert re.fullmatch(r"(\d+-)?(\d+:)?\d+:\d\d", seen[2])  # squeue's time used
     final = pcamflow("status", "--config", "status.yaml", cwd=wf).stdout
     assert re.search(r"^  seed 1 +done +val_auc \d\.\d{4} \(epoch \d\)$", final, re.M), final
+
+
+def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempts(slurm_env, tmp_path):
+    """The profile's retries reach the job: a run that fails in all three Slurm jobs (retries: 2) is
+    recorded as failed after the third, not the first, so the sweep goes on."""
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config.update(
+        seeds=[1], grid={"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]}
+    )
+    config["training"]["epochs"] = 1
+    config_file = tmp_path / "failing.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    wf = make_workflow_copy(tmp_path / "slurm")
+    snakemake(wf, "results/prepared/manifest.json", "--cores", "2", "--configfile", str(config_file))
+    target = history_target("mlp", 1)
+    os.environ[INJECT_ENV] = "*/seed~1"  # sbatch exports the controller's environment to the job
+    try:
+        out = snakemake(
+            wf,
+            target,
+            "--profile",
+            "profiles/snellius",
+            "--configfile",
+            str(config_file),
+            *ONE_THREAD,
+            *FAST_POLLING,
+        )
+    finally:
+        del os.environ[INJECT_ENV]
+    jobs = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
+    assert [job["State"] for job in jobs] == ["FAILED", "FAILED", "COMPLETED"], jobs
+    info = read_json(run_dir(wf, "mlp", 1) / "run.json")
+    assert info["status"] == "failed" and info["failure"]["attempts"] == 3
+    assert info["failure"]["reason"].startswith("InjectedFailure: failure injected by")

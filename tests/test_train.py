@@ -137,7 +137,7 @@ def test_a_run_checkpointed_device_resident_resumes_with_host_gathers(reference,
     assert_same_run(reference, tmp_path / "b")
 
 
-def start_cli_run(config: dict, tmp_path):
+def start_cli_run(config: dict, tmp_path, *extra: str):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [
@@ -150,7 +150,7 @@ def start_cli_run(config: dict, tmp_path):
         "--out",
         str(tmp_path / "out"),
     ]
-    cmd += ["--state-dir", str(tmp_path / "state")]
+    cmd += ["--state-dir", str(tmp_path / "state"), *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -346,3 +346,63 @@ def test_a_corrupt_resume_checkpoint_names_the_file_to_remove(store, tmp_path):
         run_training(run_config(store, epochs=1), tmp_path / "out", state)
     message = str(err.value)
     assert f"delete {state / 'checkpoint_last.pt'} to restart this run" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------- live TensorBoard and divergence
+
+
+def live_scalars(live_dir) -> dict[str, list[int]]:
+    """tag -> the steps of its events, as TensorBoard shows them (orphans of a resumed run purged)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(live_dir), size_guidance={"scalars": 0}).Reload()
+    return {tag: [event.step for event in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_live_events_are_readable_while_the_run_trains(store, tmp_path, monkeypatch):
+    seen = {}
+    original = train.save_resume_state
+
+    def checkpoint_and_look(run, progress, why):
+        original(run, progress, why)
+        if why == "epoch end" and progress.epoch == 1:  # epoch 1 of 3 done, the run still going
+            seen.update(live_scalars(tmp_path / "live"))
+
+    monkeypatch.setattr(train, "save_resume_state", checkpoint_and_look)
+    run_training(run_config(store), tmp_path / "out", live_dir=tmp_path / "live")
+    epoch_one = [s for s in range(1, STEPS_PER_EPOCH + 1) if s % 2 == 0 or s % 3 == 0]
+    assert seen["step/train_loss_step"] == epoch_one
+    assert seen["step/grad_norm"] == [3, 6]
+    assert seen["epoch/val_auc"] == [STEPS_PER_EPOCH]  # epoch metrics at the epoch's last step
+    final = live_scalars(tmp_path / "live")
+    assert final["epoch/val_auc"] == [6, 12, 18] and final["epoch/epoch"] == [6, 12, 18]
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    assert final["step/train_loss_step"] == [s["step"] for s in history["steps"]]
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_shows_every_step_once_in_its_live_events(store, tmp_path):
+    config = run_config(store, checkpoint_every_steps=4)
+    live = tmp_path / "live"
+    proc = start_cli_run(config, tmp_path, "--live-dir", str(live))
+    # step 10 is logged (and flushed) after the checkpoint at step 8: the killed run leaves it behind
+    wait_for_line(proc, "(global 10)")
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    assert 10 in live_scalars(live)["step/train_loss_step"]
+    assert load_checkpoint(tmp_path / "state" / "checkpoint_last.pt")["step"] == 8
+
+    run_training(config, tmp_path / "out", tmp_path / "state", live_dir=live)
+    scalars = live_scalars(live)
+    logged = [s for s in range(1, 3 * STEPS_PER_EPOCH + 1) if s % 2 == 0 or s % 3 == 0]
+    assert scalars["step/train_loss_step"] == logged  # each step once: none repeated, none lost
+    assert scalars["step/grad_norm"] == list(range(3, 19, 3))
+    assert scalars["epoch/val_auc"] == [6, 12, 18]
+
+
+def test_a_diverging_run_stops_with_the_step_and_the_reason(store, tmp_path):
+    config = {**run_config(store, epochs=1, log_every=1, warmup_epochs=0), "lr": 1e30}
+    with pytest.raises(train.TrainingDiverged, match=r"training loss is (nan|inf) at step \d+ \(epoch 1\)"):
+        run_training(config, tmp_path / "out")
+    assert not (tmp_path / "out" / "history.json").exists()

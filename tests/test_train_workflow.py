@@ -87,6 +87,13 @@ def test_train_rule_writes_a_run_and_a_retry_resumes_a_preempted_job(workflow_di
     assert "resuming from" in log  # the retry's log (Snakemake replaced the first attempt's)
     assert not state.exists()  # cleared once the outputs are complete
     assert (workflow_dir / "results" / "benchmarks" / "train" / f"{RUN}.tsv").exists()
+    # the live TensorBoard scalars of both attempts: every logged step once, none lost
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    live = EventAccumulator(str(workflow_dir / "results" / "tensorboard" / RUN), size_guidance={"scalars": 0})
+    live.Reload()
+    assert [e.step for e in live.Scalars("step/train_loss_step")] == [s["step"] for s in history["steps"]]
+    assert len(live.Scalars("epoch/val_auc")) == 2
     assert run["run_config"]["training"]["device_resident"] == "auto"  # read from the config
 
     # where batches are gathered does not change a run: switching the input path retrains nothing

@@ -9,7 +9,13 @@ from pcamflow.smk import run_script
 def main(smk):
     run_dirs = [Path(h).parent for h in smk.input.histories]
     write_aggregate(
-        smk.params.runs, run_dirs, smk.params.grid_keys, smk.output.runs, smk.output.avg, smk.output.avg_html
+        smk.params.runs,
+        run_dirs,
+        smk.params.grid_keys,
+        smk.output.runs,
+        smk.output.avg,
+        smk.output.avg_html,
+        smk.output.failed,
     )
 
 

@@ -13,6 +13,7 @@ def main(smk):
         smk.params.training,
         smk.output.champion,
         smk.output.parallel,
+        min_seeds=smk.params.min_seeds,
     )
 
 

@@ -5,7 +5,9 @@ from pcamflow.smk import run_script
 
 
 def main(smk):
-    out = {name: smk.output[name] for name in ("csv", "html", "false_negatives", "false_positives")}
+    out = {
+        name: smk.output[name] for name in ("csv", "html", "histogram", "false_negatives", "false_positives")
+    }
     meta = smk.input.meta[0] if smk.input.meta else None
     write_slices(
         smk.input.predictions,

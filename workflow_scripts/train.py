@@ -1,10 +1,15 @@
-"""Rule train: one (grid point, seed) -> history, metrics, checkpoints, run.json, TensorBoard events."""
+"""Rule train: one (grid point, seed) -> history, metrics, checkpoints, run.json, TensorBoard events.
+
+On its last attempt a run that fails is recorded as failed in those outputs (pcamflow.training.runstatus),
+so the rest of the sweep goes on; earlier attempts fail, and Snakemake retries them.
+"""
 
 from pathlib import Path
 
 from pcamflow.config import operational_settings
 from pcamflow.smk import run_script
-from pcamflow.training.train import make_run_config, run_training
+from pcamflow.training.runstatus import train_or_record_failure
+from pcamflow.training.train import make_run_config
 
 
 def main(smk):
@@ -13,7 +18,14 @@ def main(smk):
     training["threads"] = smk.threads  # what Snakemake granted (--set-threads)
     run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.data)
     # a Preempted run (checkpointed on SIGTERM/SIGUSR1) exits 75 in run_script: the retry resumes it
-    run_training(run_config, Path(smk.output.history).parent, smk.params.state_dir)
+    train_or_record_failure(
+        run_config,
+        Path(smk.output.history).parent,
+        smk.params.state_dir,
+        attempt=smk.resources.attempt,
+        attempts=smk.resources.attempts,
+        live_dir=smk.params.live_dir,
+    )
 
 
 run_script(snakemake, main)

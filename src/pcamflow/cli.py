@@ -85,6 +85,9 @@ def _train(sub):
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--state-dir", help="where resume checkpoints live (default: OUT/state)")
+    p.add_argument(
+        "--live-dir", help="write TensorBoard scalars here while training (tensorboard --logdir watches it)"
+    )
 
 
 def _bench(sub):

@@ -32,6 +32,7 @@ ROOT_ENTRIES = frozenset(
         "runs",
         "state",
         "summary",
+        "tensorboard",
         "throughput",
         EXPERIMENT_FILE,
     }

@@ -35,6 +35,14 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def plot_message(text: str, path: str | os.PathLike) -> None:
+    """A figure that only says why there is nothing to plot (e.g. every seed of a grid point failed)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    save_figure(fig, path)
+
+
 def epoch_frame(histories: Mapping[int, dict]) -> pd.DataFrame:
     """All seeds' epoch records in one frame with a `seed` column."""
     return pd.DataFrame([dict(e, seed=seed) for seed, h in histories.items() for e in h["epochs"]])
@@ -213,6 +221,32 @@ def plot_gallery(
     if n == 0:
         axes[0][0].text(0.5, 0.5, "none", ha="center", va="center", fontsize=12)
     fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_intensity_histogram(
+    intensity: np.ndarray, y: np.ndarray, dark: float, bright: float, title: str, path: str | os.PathLike
+) -> None:
+    """Histogram of per-tile mean intensity (0..1) by class, with the dark and bright slice thresholds
+    drawn and the number of tiles in each slice written beside them."""
+    y = np.asarray(y).astype(bool)
+    bins = np.linspace(0.0, 1.0, 51)
+    fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+    ax.hist([intensity[~y], intensity[y]], bins=bins, stacked=True, label=["negative", "positive"])
+    top = ax.get_ylim()[1]
+    for x, name in ((dark, "dark"), (bright, "bright")):
+        ax.axvline(x, color="black", ls="--", lw=1.2)
+        ax.text(x, top * 0.97, f" {name} {x:g}", va="top", ha="left", fontsize=8)
+    counts = {
+        "dark": int((intensity < dark).sum()),
+        "middle": int(((intensity >= dark) & (intensity <= bright)).sum()),
+        "bright": int((intensity > bright).sum()),
+    }
+    ax.set_xlabel("mean intensity of the tile (fraction of full scale)")
+    ax.set_ylabel("tiles")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"{title}\n" + ", ".join(f"{k} {v}" for k, v in counts.items()), fontsize=9)
     save_figure(fig, path)
 
 

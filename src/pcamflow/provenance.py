@@ -55,6 +55,13 @@ def device_name(device: torch.device) -> str:
     return cpu_model() or platform.machine()
 
 
+def device_model(device: str) -> str | None:
+    """The CPU or GPU model behind a device name ('cpu', 'cuda', 'cuda:1'); None for a GPU not present."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
+    return cpu_model()
+
+
 def cpu_model() -> str | None:
     try:
         with open("/proc/cpuinfo") as fh:

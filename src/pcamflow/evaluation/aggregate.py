@@ -3,10 +3,13 @@
 A run's validation metrics are taken at its best epoch (by the run's own selection metric, the
 epoch checkpoint_best.pt holds), so the averaged numbers describe the checkpoints that the
 evaluation uses. The champion is chosen on validation only; `CHAMPION_RULE` states the order.
+Runs that failed for good (pcamflow.training.runstatus) are listed in runs.csv with their reason and left
+out of every mean; a grid point competes for champion only with enough successful seeds.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -27,11 +30,15 @@ from pcamflow.rundir import (
     point_id,
     seed_dir,
 )
+from pcamflow.training.runstatus import DONE, FAILED, run_status
+
+log = logging.getLogger("pcamflow.evaluation.aggregate")
 
 HISTORY_KEYS = ("selection_metric", "best_epoch", "epochs")
 CHAMPION_RULE = (
-    "best mean over seeds of {metric} at each run's best epoch ({direction} is better); ties go to the lower "
-    "std over seeds, then to fewer trainable parameters, then to the earlier grid point in config order"
+    "best mean over seeds of {metric} at each run's best epoch ({direction} is better), among grid points "
+    "with at least {min_seeds} successful seed(s); ties go to the lower std over seeds, then to fewer "
+    "trainable parameters, then to the earlier grid point in config order"
 )
 
 
@@ -66,13 +73,25 @@ def best_epoch_row(history: dict) -> dict:
 
 
 def run_row(point: dict, seed: int, run_dir: str | os.PathLike) -> dict:
-    """One runs.csv row: grid values, seed, best epoch, metrics at the best and final epoch, timing."""
+    """One runs.csv row: grid values, seed, status (with the reason and attempts of a failed run),
+    best epoch, metrics at the best and final epoch, timing. A failed run's metrics are empty."""
+    status = run_status(run_dir)
+    if status["status"] == FAILED:
+        failure = status["failure"] or {}
+        return dict(
+            point,
+            seed=seed,
+            status=FAILED,
+            failure_reason=failure.get("reason", ""),
+            attempts=failure.get("attempts"),
+            run_dir=str(run_dir),
+        )
     history = load_history(run_dir)
     best, final = best_epoch_row(history), history["epochs"][-1]
     info_path = Path(run_dir) / RUN_INFO
     info = read_json(info_path) if info_path.exists() else {}
     speeds = [e["img_per_s"] for e in history["epochs"] if e.get("img_per_s") is not None]
-    row = dict(point, seed=seed)
+    row = dict(point, seed=seed, status=DONE, failure_reason="", attempts=None)
     row.update(
         selection_metric=history["selection_metric"],
         best_epoch=history["best_epoch"],
@@ -97,21 +116,40 @@ def runs_table(
     if not runs:
         raise PcamflowError("no runs to aggregate (the grid or the seed list is empty)")
     rows = [run_row({k: run[k] for k in grid_keys}, run["seed"], d) for run, d in zip(runs, run_dirs)]
-    return pd.DataFrame(rows)
+    columns = list(dict.fromkeys(k for row in rows if row["status"] == DONE for k in row))
+    columns = columns or list(rows[0])  # every run failed
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys([*columns, *rows[0]])))
+    table["attempts"] = table["attempts"].astype("Int64")
+    return table
+
+
+def failed_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs.csv whose run failed for good."""
+    return runs.loc[runs["status"] == FAILED]
 
 
 def metrics_avg(runs: pd.DataFrame, grid_keys: Sequence[str]) -> pd.DataFrame:
-    """metrics_avg.csv: per grid point, n_seeds and <metric>_mean/_std over seeds at each run's best epoch.
+    """metrics_avg.csv: per grid point, n_seeds (successful) of n_planned, and <metric>_mean/_std over
+    the successful seeds at each run's best epoch.
 
-    std is the sample standard deviation (n - 1); it is empty for a grid point with one seed.
-    Grid points keep the order in which they first appear in `runs` (config order).
+    std is the sample standard deviation (n - 1); it is empty for a grid point with one seed, and
+    every metric is empty for a grid point whose seeds all failed. Grid points keep the order in
+    which they first appear in `runs` (config order).
     """
     keys = list(grid_keys)
     runs = runs.copy()
     numeric = [f"{m}_at_best" for m in VAL_METRICS] + ["best_epoch", "train_time_s"]
-    runs[numeric] = runs[numeric].astype(float)
+    for column in numeric:
+        runs[column] = runs[column].astype(float) if column in runs else np.nan
+    ok = runs["status"] == DONE
     grouped = runs.groupby(keys, sort=False, dropna=False)
-    table = grouped.agg(n_seeds=("seed", "count"), seeds=("seed", lambda s: " ".join(map(str, s))))
+    table = grouped.agg(
+        n_seeds=("status", lambda s: int((s == DONE).sum())),
+        n_planned=("seed", "count"),
+        seeds=("seed", lambda s: " ".join(str(seed) for seed in s[ok[s.index]])),
+        failed_seeds=("seed", lambda s: " ".join(str(seed) for seed in s[~ok[s.index]])),
+    )
+    grouped = runs.where(ok).assign(**{k: runs[k] for k in keys}).groupby(keys, sort=False, dropna=False)
     for metric in VAL_METRICS:
         table[f"{metric}_mean"] = grouped[f"{metric}_at_best"].mean()
         table[f"{metric}_std"] = grouped[f"{metric}_at_best"].std(ddof=1)
@@ -122,7 +160,10 @@ def metrics_avg(runs: pd.DataFrame, grid_keys: Sequence[str]) -> pd.DataFrame:
 
 def mean_std_view(avg: pd.DataFrame, grid_keys: Sequence[str]) -> pd.DataFrame:
     """metrics_avg as a reader sees it: one 'mean ± std' cell per metric."""
-    view = avg[[*grid_keys, "n_seeds"]].copy()
+    view = avg[list(grid_keys)].copy()
+    view["seeds ok / planned"] = [
+        f"{ok} / {planned}" for ok, planned in zip(avg["n_seeds"], avg["n_planned"])
+    ]
     for metric in VAL_METRICS:
         mean, std = avg[f"{metric}_mean"], avg[f"{metric}_std"]
         view[metric] = [
@@ -134,14 +175,26 @@ def mean_std_view(avg: pd.DataFrame, grid_keys: Sequence[str]) -> pd.DataFrame:
     return view
 
 
-def rank_grid_points(avg: pd.DataFrame, metric: str, n_params: Sequence[int]) -> pd.DataFrame:
-    """avg with `n_params` and `rank` (1 = champion) by CHAMPION_RULE; rows stay in config order."""
+def rank_grid_points(
+    avg: pd.DataFrame, metric: str, n_params: Sequence[int], min_seeds: int = 1
+) -> pd.DataFrame:
+    """avg with `n_params` and `rank` (1 = champion) by CHAMPION_RULE; rows stay in config order.
+
+    Grid points with fewer than min_seeds successful seeds are not ranked (rank empty)."""
     if f"{metric}_mean" not in avg:
         raise PcamflowError(f"champion.metric '{metric}': not a column of metrics_avg.csv")
     if avg.empty:
         raise PcamflowError("metrics_avg.csv holds no grid points")
+    eligible = avg["n_seeds"] >= min_seeds
+    if not eligible.any():
+        raise PcamflowError(
+            f"no grid point has {min_seeds} successful seed(s) (champion.min_seeds); see the failed runs "
+            "in runs.csv"
+        )
     table = avg.copy()
     table["n_params"] = list(n_params)
+    full = table
+    table = table.loc[eligible]
     sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
     keys = pd.DataFrame(
         {
@@ -156,12 +209,14 @@ def rank_grid_points(avg: pd.DataFrame, metric: str, n_params: Sequence[int]) ->
         raise PcamflowError(f"champion.metric '{metric}': undefined for every grid point")
     keys["primary"] = keys["primary"].fillna(math.inf)  # a grid point without the metric ranks last
     order = keys.sort_values(["primary", "std", "params", "order"], kind="stable").index
-    table["rank"] = 0
-    table.loc[order, "rank"] = np.arange(1, len(table) + 1)
-    return table
+    full = full.assign(rank=np.nan)  # float: NaN for a grid point without enough successful seeds
+    full.loc[order, "rank"] = np.arange(1, len(table) + 1)
+    return full
 
 
-def choose_champion(runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequence[str], metric: str) -> dict:
+def choose_champion(
+    runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequence[str], metric: str, min_seeds: int = 1
+) -> dict:
     """champion.json: the grid point ranked first, the rule, its numbers, checkpoints and the ranking.
 
     `ranked` is rank_grid_points' table. `deploy` is the champion's seed with the best validation
@@ -170,7 +225,7 @@ def choose_champion(runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequenc
     """
     winner = ranked.loc[ranked["rank"] == 1].iloc[0]
     point = {k: json_scalar(winner[k]) for k in grid_keys}
-    mine = runs.loc[(runs[list(grid_keys)] == pd.Series(point)).all(axis=1)]
+    mine = runs.loc[(runs[list(grid_keys)] == pd.Series(point)).all(axis=1) & (runs["status"] == DONE)]
     seeds = []
     for _, run in mine.iterrows():
         seeds.append(
@@ -187,13 +242,17 @@ def choose_champion(runs: pd.DataFrame, ranked: pd.DataFrame, grid_keys: Sequenc
         if is_better(seed[metric], deploy[metric], metric):  # strictly: a tie keeps the earlier seed
             deploy = seed
     columns = [*grid_keys, "n_seeds", f"{metric}_mean", f"{metric}_std", "n_params", "rank"]
-    ranking = ranked.sort_values("rank")[columns]
+    ranking = ranked.dropna(subset=["rank"]).sort_values("rank")[columns].astype({"rank": int})
     return {
         "grid_point": point,
         "id": point_id(point, grid_keys),
         "metric": metric,
         "direction": better(metric),
-        "rule": CHAMPION_RULE.format(metric=metric, direction=better(metric)),
+        "rule": CHAMPION_RULE.format(metric=metric, direction=better(metric), min_seeds=min_seeds),
+        "min_seeds": min_seeds,
+        "not_ranked": [
+            point_id(row, grid_keys) for row in ranked.loc[ranked["rank"].isna()].to_dict("records")
+        ],
         "mean": json_scalar(winner[f"{metric}_mean"]),
         "std": json_scalar(winner[f"{metric}_std"]),
         "n_seeds": int(winner["n_seeds"]),
@@ -217,36 +276,45 @@ def count_parameters(model_name: str, training: dict) -> int:
 # ---------------------------------------------------------------- rule entry points
 
 
-def write_aggregate(runs, run_dirs, grid_keys, runs_csv, avg_csv, avg_html) -> pd.DataFrame:
-    """runs.csv, metrics_avg.csv and its HTML view for the report."""
-    from pcamflow.io import write_csv
+def write_aggregate(runs, run_dirs, grid_keys, runs_csv, avg_csv, avg_html, failed_txt) -> pd.DataFrame:
+    """runs.csv, metrics_avg.csv and its HTML view for the report, and the list of failed runs."""
+    from pcamflow.io import write_csv, write_text
     from pcamflow.plots import html_table
 
     table = runs_table(runs, run_dirs, grid_keys)
     avg = metrics_avg(table, grid_keys)
     write_csv(runs_csv, table)
     write_csv(avg_csv, avg)
+    failed = failed_runs(table)
+    write_text(failed_txt, "".join(f"{Path(d) / RUN_INFO}\n" for d in failed["run_dir"]))
+    for _, run in failed.iterrows():
+        log.warning("failed run %s (%s attempts): %s", run["run_dir"], run["attempts"], run["failure_reason"])
     html_table(
         mean_std_view(avg, grid_keys),
         "Validation metrics per grid point: mean ± std over seeds",
         avg_html,
         notes=[
             "Each run contributes its metrics at its best epoch (by its selection metric, the epoch of "
-            "checkpoint_best.pt); std is the sample standard deviation over seeds (absent for one seed)."
+            "checkpoint_best.pt); std is the sample standard deviation over seeds (absent for one seed).",
+            "Seeds ok / planned: runs that failed on every attempt are left out of the means (runs.csv "
+            "gives their reasons).",
         ],
     )
     return avg
 
 
-def write_champion(runs_csv, avg_csv, grid_keys, metric, training, champion_json, parallel_png) -> dict:
+def write_champion(
+    runs_csv, avg_csv, grid_keys, metric, training, champion_json, parallel_png, min_seeds=None
+) -> dict:
     """champion.json and the parallel-coordinates plot of the grid."""
     from pcamflow.io import write_json
     from pcamflow.plots import plot_parallel_coordinates
 
     runs, avg = _read_table(runs_csv), _read_table(avg_csv)
     n_params = _parameter_counts(avg["model"], training) if "model" in avg else [0] * len(avg)
-    ranked = rank_grid_points(avg, metric, n_params)
-    champion = choose_champion(runs, ranked, grid_keys, metric)
+    min_seeds = int(avg["n_planned"].max()) if min_seeds is None else int(min_seeds)
+    ranked = rank_grid_points(avg, metric, n_params, min_seeds)
+    champion = choose_champion(runs, ranked, grid_keys, metric, min_seeds)
     write_json(champion_json, champion)
     plot_parallel_coordinates(ranked, grid_keys, metric, parallel_png)
     return champion
@@ -256,8 +324,16 @@ def plot_grid_point(point: dict, seeds, run_dirs, epochs_png, steps_png, grid_ke
     """Training curves (mean and std band over seeds) and per-step plots of one grid point."""
     from pcamflow.plots import plot_steps, plot_training_curves
 
-    histories = {int(seed): load_history(d) for seed, d in zip(seeds, run_dirs)}
+    histories = {
+        int(seed): load_history(d) for seed, d in zip(seeds, run_dirs) if run_status(d)["status"] == DONE
+    }
     title = point_id(point, grid_keys)
+    if not histories:
+        from pcamflow.plots import plot_message
+
+        for path in (epochs_png, steps_png):
+            plot_message(f"{title}\nevery seed failed (runs.csv gives the reasons)", path)
+        return
     plot_training_curves(histories, title, epochs_png)
     plot_steps(histories, title, steps_png)
 
@@ -271,6 +347,8 @@ def write_sweep_tensorboard(runs, run_dirs, grid_keys, out_dir) -> None:
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         for run, run_dir in zip(runs, run_dirs):
+            if run_status(run_dir)["status"] != DONE:
+                continue
             history = load_history(run_dir)
             params = {k: run[k] for k in grid_keys} | {"seed": run["seed"]}
             params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in params.items()}

@@ -145,14 +145,14 @@ def read_meta(path: str | os.PathLike | None) -> pd.DataFrame | None:
 def write_slices(
     predictions, evaluate_json, store_dir, audit_json, cross_json, meta_csv, settings, out
 ) -> pd.DataFrame:
-    """slices.csv, its HTML view and the two error galleries of the deployed champion checkpoint on test.
+    """slices.csv, its HTML view, the intensity histogram with the slice thresholds and the two error galleries of the deployed champion checkpoint on test.
 
-    `out` maps csv, html, false_negatives, false_positives to paths; meta_csv may be None.
+    `out` maps csv, html, histogram, false_negatives, false_positives to paths; meta_csv may be None.
     """
     from pcamflow.data.store import load_split, verify_store
     from pcamflow.evaluation.evaluate import load_predictions
     from pcamflow.io import read_json, write_csv
-    from pcamflow.plots import html_table, plot_gallery
+    from pcamflow.plots import html_table, plot_gallery, plot_intensity_histogram
 
     preds, summary = load_predictions(predictions), read_json(evaluate_json)
     deploy = summary["deploy"]
@@ -166,8 +166,9 @@ def write_slices(
         raise PcamflowError(
             f"{predictions}: made on another test split than {store_dir} (rerun predict_champion)"
         )
+    intensity = mean_intensity(test.x)
     families = {
-        "intensity": intensity_slices(mean_intensity(test.x), settings["dark"], settings["bright"]),
+        "intensity": intensity_slices(intensity, settings["dark"], settings["bright"]),
         "scanning centre": centre_slices(read_meta(meta_csv), test.index, str(meta_csv)),
         "audit flag": audit_slices(
             audit_flag_indices(read_json(audit_json), read_json(cross_json) if cross_json else None, "test"),
@@ -184,6 +185,14 @@ def write_slices(
             "Empty cells are metrics that are undefined on the slice; the undefined column says why.",
             f"Threshold chosen on validation for recall >= {summary['target_recall']}.",
         ],
+    )
+    plot_intensity_histogram(
+        intensity,
+        y,
+        settings["dark"],
+        settings["bright"],
+        "Test tiles by mean intensity (the slices)",
+        out["histogram"],
     )
     errors = confident_errors(y, prob, threshold, settings["gallery"])
     for kind, title in (

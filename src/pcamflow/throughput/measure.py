@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from pcamflow import provenance
 from pcamflow.config import validate_section, validate_training
 from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident
 from pcamflow.data.store import Split, load_split, load_stats
@@ -51,7 +52,8 @@ BENCH_OPTIMIZER, BENCH_LR = "adam", 1e-3  # the step's cost hardly depends on th
 # img_per_s = images / seconds over the timed steps (wall clock); cpu_seconds is this process's
 # CPU time then (the baseline loaders' workers not included); data_time_s is the part of `seconds`
 # spent waiting for the next input batch; peak_rss_mb is this process's peak during the row;
-# status is ok, oom, skipped (not measured: message says why) or error.
+# status is ok, oom, skipped (not measured: message says why) or error. slurm_job_id and node
+# (SLURMD_NODENAME) are blank outside Slurm; device_model is the CPU or GPU model.
 COLUMNS = (
     "partition",
     "mode",
@@ -73,6 +75,9 @@ COLUMNS = (
     "status",
     "message",
     "hostname",
+    "slurm_job_id",
+    "node",
+    "device_model",
     "torch_version",
     "timestamp",
 )
@@ -205,6 +210,10 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
         status=status,
         message=message,
         hostname=platform.node(),
+        # the journal's "partition / node type / job id" table: job and node blank outside Slurm
+        slurm_job_id=provenance.slurm_job_id(),
+        node=os.environ.get("SLURMD_NODENAME"),
+        device_model=provenance.device_model(spec.device),
         torch_version=torch.__version__,
         timestamp=now_iso(),
     )

@@ -51,6 +51,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise PcamflowError(
             f"{path}: not a readable checkpoint (damaged, truncated or not a torch file: {type(err).__name__})"
         ) from None
+    if isinstance(state, dict) and "failed" in state:  # written by runstatus.write_failed_run
+        raise PcamflowError(f"{path}: the run failed, so it has no weights ({state['failed'].get('reason')})")
     if not isinstance(state, dict) or "model" not in state:
         raise PcamflowError(f"{path}: not a pcamflow checkpoint (no model weights in it)")
     found = state.get("format_version", "none")

@@ -68,6 +68,10 @@ log = logging.getLogger("pcamflow.training.train")
 OPERATIONAL_KEYS = tuple(key.split(".", 1)[1] for key in operational_keys() if key.startswith("training."))
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run cannot continue."""
+
+
 # ---------------------------------------------------------------- run config
 
 
@@ -573,7 +577,9 @@ def train_step(parts: StepParts, inputs: torch.Tensor, y: torch.Tensor, measure_
     return loss.detach(), norm
 
 
-def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: StopRequest) -> dict:
+def train_one_epoch(
+    run: Run, progress: Progress, monitor: StepMonitor, stop: StopRequest, live: LiveEvents | None = None
+) -> dict:
     """Train the rest of the current epoch (all of it unless resumed mid-epoch); checkpoint on the way."""
     settings = run.settings
     epoch = progress.epoch + 1
@@ -600,7 +606,8 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
         progress.seen += len(y)
         loss_value = None
         if step % settings["log_every"] == 0 or measure:
-            loss_value = loss.item()
+            loss_value = loss.item()  # the host sync happens on logged steps only
+            check_finite(loss_value, f"at step {step} (epoch {epoch})")
             progress.steps.append(
                 {
                     "step": step,
@@ -610,6 +617,8 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
                     "lr": lr,
                 }
             )
+            if live:
+                live.step(progress.steps[-1])
         monitor.step(run.loader.position, step, len(y), data_s, loss_value, lr)
         now = time.perf_counter()
         progress.epoch_train_s += now - tick
@@ -624,6 +633,7 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
                 raise stop.stopping(f"at step {step}")
     monitor.end_epoch()
     train_loss = (progress.loss_sum / max(progress.seen, 1)).item()
+    check_finite(train_loss, f"over epoch {epoch}")
     record = {
         "train_loss": train_loss,
         "lr": lr,
@@ -633,6 +643,13 @@ def train_one_epoch(run: Run, progress: Progress, monitor: StepMonitor, stop: St
     progress.loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     progress.seen, progress.epoch_train_s = 0, 0.0
     return record
+
+
+def check_finite(loss: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training loss is {loss} {where}: the run diverged (lower the lr or set training.grad_clip)"
+        )
 
 
 def _checkpoint_due(settings: dict, step: int, last_checkpoint: float, stop: StopRequest) -> str | None:
@@ -685,8 +702,15 @@ def validation_scores(
 # ---------------------------------------------------------------- the run
 
 
-def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLike) -> dict:
-    """Train one validated run config; write its outputs into out_dir; return a short summary."""
+def fit(
+    run_config: dict,
+    out_dir: str | os.PathLike,
+    state_dir: str | os.PathLike,
+    live_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Train one validated run config; write its outputs into out_dir; return a short summary.
+
+    With live_dir, TensorBoard scalars are written there while it trains (LiveEvents)."""
     out_dir, state_dir = Path(out_dir), Path(state_dir)
     run = build_run(run_config, state_dir)
     settings = run.settings
@@ -695,6 +719,7 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
     selection = settings["selection_metric"]
     monitor = StepMonitor(settings["log_every"], settings["epochs"])
     stop = StopRequest()
+    live = LiveEvents(live_dir, progress.resumed_from) if live_dir else None
     log.info(
         "training %s on %s (%s): %d train / %d valid tiles, %d steps per epoch, %d epochs",
         run.cfg["model"],
@@ -705,9 +730,9 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
         len(run.loader),
         settings["epochs"],
     )
-    with stop.installed():
+    with stop.installed(), live or contextlib.nullcontext():
         while progress.epoch < settings["epochs"]:
-            record = train_one_epoch(run, progress, monitor, stop)
+            record = train_one_epoch(run, progress, monitor, stop, live)
             started = time.perf_counter()
             scores = validation_scores(
                 run.parts.model,
@@ -731,6 +756,8 @@ def fit(run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLi
                 }
             )
             log_epoch(progress.epochs[-1], settings["epochs"])
+            if live:  # before the epoch-end checkpoint: a resume from it never writes this epoch again
+                live.epoch(progress.epochs[-1], progress.step)
             # the first epoch is the best so far even when its metric is undefined (one-class valid)
             if progress.best_epoch is None or metrics.is_better(
                 scores[selection], progress.best_value, selection
@@ -806,6 +833,7 @@ def write_outputs(run: Run, progress: Progress, out_dir: Path) -> None:
     write_json(
         out_dir / RUN_INFO,
         {
+            "status": "done",  # pcamflow.training.runstatus: a run that failed for good says "failed"
             "run_config": run.cfg,
             "seed": run.cfg["seed"],
             **provenance.host_record(run.device),
@@ -842,28 +870,72 @@ def write_tensorboard(path: Path, cfg: dict, progress: Progress, selection: str)
             writer.add_hparams(hparams, scores, run_name=".")
 
 
+class LiveEvents:
+    """TensorBoard scalars written while the run trains, so `tensorboard --logdir` shows it live.
+
+    The x-axis is the optimizer step: each logged step's loss, gradient norm and lr as it happens,
+    and each epoch's metrics at the epoch's last step, flushed at once. A resumed run continues the
+    same directory with a purge at the checkpoint's step + 1, so TensorBoard hides what the killed
+    attempt wrote after its checkpoint and every step appears once; a run that starts afresh
+    replaces the directory. (The run's `tensorboard/` output is written from its history at the end.)
+    """
+
+    def __init__(self, live_dir: str | os.PathLike, resumed_from: dict | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        live_dir = Path(live_dir)
+        if resumed_from is None:
+            shutil.rmtree(live_dir, ignore_errors=True)  # events of an abandoned earlier start
+        purge = resumed_from["step"] + 1 if resumed_from else None
+        self.writer = SummaryWriter(log_dir=str(live_dir), purge_step=purge, flush_secs=30)
+
+    def step(self, row: dict) -> None:
+        for key in ("train_loss_step", "grad_norm", "lr"):
+            if row[key] is not None:
+                self.writer.add_scalar(f"step/{key}", row[key], row["step"])
+        self.writer.flush()
+
+    def epoch(self, row: dict, step: int) -> None:
+        for key, value in row.items():
+            if value is not None:
+                self.writer.add_scalar(f"epoch/{key}", value, step)
+        self.writer.flush()
+
+    def __enter__(self) -> LiveEvents:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.close()
+
+
 # ---------------------------------------------------------------- entry points
 
 
 def run_training(
-    run_config: dict, out_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None
+    run_config: dict,
+    out_dir: str | os.PathLike,
+    state_dir: str | os.PathLike | None = None,
+    live_dir: str | os.PathLike | None = None,
 ) -> dict:
-    """Validate a run config and train it (resuming from state_dir, default out_dir/state)."""
+    """Validate a run config and train it (resuming from state_dir, default out_dir/state; live
+    TensorBoard scalars in live_dir when given)."""
     cfg = validate_run_config(run_config)
     out_dir = Path(out_dir)
     state_dir = Path(state_dir) if state_dir else out_dir / "state"
     torch.set_num_threads(cfg["training"]["threads"])
-    return fit(cfg, out_dir, state_dir)
+    return fit(cfg, out_dir, state_dir, live_dir)
 
 
 def cli_main(args) -> int:
-    """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR]`."""
+    """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR] [--live-dir DIR]`."""
     check_output_dir(args.out)  # before an epoch is trained, not after it
     if getattr(args, "state_dir", None):
         check_output_dir(args.state_dir, "--state-dir")
     run_config = load_yaml(args.config)
     try:
-        summary = run_training(run_config, args.out, getattr(args, "state_dir", None))
+        summary = run_training(
+            run_config, args.out, getattr(args, "state_dir", None), getattr(args, "live_dir", None)
+        )
     except Preempted as stop:
         log.warning("pcamflow train: %s", stop)
         return stop.exit_code

@@ -1,0 +1,98 @@
+"""A sweep in which one run fails on every attempt: the rest is summarised, evaluated and reported,
+the failure is named with its reason, and one command retries only that run."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, snakemake
+
+from pcamflow.training.runstatus import INJECT_ENV
+
+# Two grid points (lr 0.001 and 0.01), one seed, one epoch: the smallest sweep with a champion.
+TINY = {
+    "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
+    "seeds": [1],
+    "grid": {"model": ["mlp"], "lr": [0.001, 0.01], "batch_size": [32], "optimizer": ["adam"]},
+    "training": {"epochs": 1, "mlp_hidden": [8]},
+    "evaluate": {"bootstrap": 20},
+}
+OVERVIEW = "results/summary/overview.txt"
+FAILING = "results/runs/model~mlp/lr~0.01/batch_size~32/optimizer~adam/seed~1"
+HEALTHY = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~1"
+
+
+def run_shell(workdir, command: str, **env) -> subprocess.CompletedProcess:
+    """A command line as a user types it in the workflow directory, `snakemake` being this interpreter's."""
+    snakemake_cmd = f"{sys.executable} -m snakemake --directory {workdir}"
+    proc = subprocess.run(
+        ["bash", "-c", command.replace("snakemake", snakemake_cmd, 1)],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=dict(os.environ, PYTHONPATH=str(REPO / "src"), **env),
+    )
+    assert proc.returncode == 0, f"{command} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_a_run_failing_every_attempt_is_named_and_a_retry_trains_only_it(workflow_dir):
+    (workflow_dir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    # the run of lr 0.01 crashes on both of its attempts (a node that keeps dying, say)
+    first = run_shell(
+        workflow_dir,
+        f"snakemake {OVERVIEW} --cores 2 --retries 1 --configfile tiny.yaml",
+        **{INJECT_ENV: f"*{FAILING}"},
+    )
+    terminal = first.stdout
+    assert "pcamflow: the sweep is done." in terminal
+    assert "champion   model~mlp/lr~0.001/batch_size~32/optimizer~adam" in terminal
+    assert "test AUC" in terminal and "test F2" in terminal and "95% bootstrap interval" in terminal
+    assert f"{FAILING}: InjectedFailure: failure injected by {INJECT_ENV}" in terminal
+    assert "(2 attempts)" in terminal  # retried once before it was recorded as failed
+    retry = "snakemake --forcerun $(cat results/summary/failed_runs.txt)"
+    assert (
+        retry in terminal and "snakemake --report report.html" in terminal and "pcamflow status" in terminal
+    )
+
+    runs = pd.read_csv(workflow_dir / "results/summary/runs.csv")
+    failed = runs.loc[runs["status"] == "failed"]
+    assert failed["run_dir"].tolist() == [FAILING] and failed["attempts"].tolist() == [2]
+    assert failed["failure_reason"].str.startswith("InjectedFailure: failure injected").all()
+    avg = pd.read_csv(workflow_dir / "results/summary/metrics_avg.csv")
+    assert avg[["lr", "n_seeds", "n_planned"]].values.tolist() == [[0.001, 1, 1], [0.01, 0, 1]]
+    assert (workflow_dir / "results/summary/evaluate.json").exists()
+    assert f"{FAILING}/run.json" in (workflow_dir / "results/summary/failed_runs.txt").read_text()
+    overview = (workflow_dir / "results/summary/overview.rst").read_text()
+    assert "1 of 2" in overview and "InjectedFailure" in overview and "data audit" in overview
+
+    # fixed (the injection is gone): the documented command retrains the failed run and nothing else
+    healthy = (workflow_dir / HEALTHY / "checkpoint_best.pt").read_bytes()
+    healthy_mtime = (workflow_dir / HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns
+    plan = run_shell(
+        workflow_dir,
+        f"snakemake {OVERVIEW} -n --configfile tiny.yaml --forcerun $(cat results/summary/failed_runs.txt)",
+    )
+    (trained,) = re.findall(r"^rule train:\n(?:    input: .*\n)?    output: (.*)$", plan.stdout, re.M)
+    assert trained.startswith(f"{FAILING}/history.json")
+    again = run_shell(
+        workflow_dir,
+        f"snakemake {OVERVIEW} --cores 2 --configfile tiny.yaml --forcerun $(cat results/summary/failed_runs.txt)",
+    )
+    assert "FAILED" not in again.stdout and "pcamflow: the sweep is done." in again.stdout
+    assert (workflow_dir / HEALTHY / "checkpoint_best.pt").read_bytes() == healthy
+    assert (workflow_dir / HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns == healthy_mtime
+    runs = pd.read_csv(workflow_dir / "results/summary/runs.csv")
+    assert runs["status"].tolist() == ["done", "done"]
+    assert (workflow_dir / "results/summary/failed_runs.txt").read_text() == ""
+    assert (
+        snakemake(workflow_dir, OVERVIEW, "-n", "--configfile", "tiny.yaml").stdout.count("rule train") == 0
+    )
