@@ -18,6 +18,7 @@ include: "rules/aggregate.smk"
 include: "rules/evaluate.smk"
 include: "rules/export.smk"
 include: "rules/benchmark.smk"
+include: "rules/cost.smk"
 
 
 rule all:

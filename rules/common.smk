@@ -61,6 +61,9 @@ RUN_DIR = str(RESULTS / "runs" / GRID_POINT / "seed~{seed}")
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
 STATE_DIR = str(RESULTS / "state" / GRID_POINT / "seed~{seed}")
 RUN_FILES = ("history.json", "metrics.csv", "run.json", "checkpoint_best.pt", "checkpoint_last.pt")
+# the preflight of the training jobs (rules/train.smk): what the node they get can do
+PREFLIGHT_NAME = "train"
+PREFLIGHT = str(RESULTS / "preflight" / f"{PREFLIGHT_NAME}.json")
 SUMMARY = RESULTS / "summary"
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluate.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
@@ -93,6 +96,9 @@ CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
 THROUGHPUT_PLOT = SUMMARY / "throughput_scaling.png"
+# what the run cost, per rule (rules/cost.smk)
+COST_CSV = SUMMARY / "cost.csv"
+COST_HTML = SUMMARY / "cost.html"
 
 
 def input_mb(input):

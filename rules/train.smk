@@ -1,14 +1,55 @@
 # Stage rules: train (see rules/common.smk for path patterns). One job per (grid point, seed);
 # its outputs are RUN_FILES in RUN_DIR plus the TensorBoard events.
+from datetime import datetime
+
 from pcamflow.store import store_files
 
 RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
+
+
+# What a training job asks for; the preflight asks for exactly the same (profiles give both one share).
+TRAIN_THREADS = config["training"]["threads"]
+
+
+# the train and valid arrays are read into memory (memory-mapped when they would not fit)
+TRAIN_MEM_MB = lambda wildcards, input: 2000 + int(2 * input_mb(input))
+
+
+rule preflight:
+    input:
+        store_files(PREPARED, ["train", "valid"]),
+    output:
+        PREFLIGHT,
+    log:
+        str(LOGS / "preflight" / f"{PREFLIGHT_NAME}.log"),
+    benchmark:
+        str(BENCHMARKS / "preflight" / f"{PREFLIGHT_NAME}.tsv")
+    conda:
+        CONDA_ENV
+    threads: TRAIN_THREADS
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+    params:
+        points=grid_points(config),
+        seed=config["seeds"][0],
+        training=config["training"],
+        data=lambda wildcards, input: str(Path(input[0]).parent),
+        # A preflight checks the node as it is now: a new value per invocation makes it run again
+        # in every invocation that has training left to do (and only then: nothing else needs it).
+        invocation=datetime.now().isoformat(timespec="seconds"),
+    script:
+        "../workflow_scripts/preflight.py"
 
 
 rule train:
     input:
         # the splits training reads (as validate_run_config checks); the test split is not one
         store_files(PREPARED, ["train", "valid"]),
+        # A run still to do waits for the preflight. A finished run does not depend on it, so a
+        # new preflight never makes Snakemake train a finished run again.
+        preflight=lambda wildcards: (
+            [] if Path(run_file("history.json", **wildcards)).exists() else PREFLIGHT
+        ),
     output:
         history=f"{RUN_DIR}/history.json",
         metrics=report(
@@ -28,10 +69,9 @@ rule train:
         str(BENCHMARKS / "train" / GRID_POINT / "seed~{seed}.tsv")
     conda:
         CONDA_ENV
-    threads: config["training"]["threads"]
+    threads: TRAIN_THREADS
     resources:
-        # the train and valid arrays are read into memory (memory-mapped when they would not fit)
-        mem_mb=lambda wildcards, input: 2000 + int(2 * input_mb(input)),
+        mem_mb=TRAIN_MEM_MB,
     params:
         point=grid_point,
         seed=lambda wildcards: int(wildcards.seed),
