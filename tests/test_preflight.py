@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 from conftest import snakemake
+from test_staging import fake_scontrol
 from train_fixtures import write_store
 
 from pcamflow import preflight
@@ -109,3 +110,20 @@ def test_training_jobs_wait_for_the_preflight_but_a_finished_run_does_not(workfl
     waiting = [line for line in inputs if "results/preflight/train.json" in line]
     assert len(waiting) == 3  # the finished run (its history exists) does not depend on the preflight
     assert len(planned_inputs(out, "preflight")) == 1
+
+
+def test_job_that_asked_for_scratch_but_got_none_fails_and_one_that_got_it_passes(
+    tmp_path, training, outside_slurm, monkeypatch
+):
+    store = write_store(tmp_path / "prepared")
+    fake_scontrol(tmp_path / "bin", monkeypatch, "scratch-node")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu_a100")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # what Snakemake gives a job whose $TMPDIR is missing
+    with pytest.raises(PcamflowError, match=r"^preflight on gpu_a100: the job asked for node-local scratch"):
+        preflight.run_preflight(POINTS, 1, training, store, tmp_path / "p.json")
+    scratch = tmp_path / "scratch" / "77"
+    scratch.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    record = preflight.run_preflight(POINTS, 1, training, store, tmp_path / "p.json")
+    assert record["scratch"]["path"] == str(scratch) and record["scratch"]["asked"] is True

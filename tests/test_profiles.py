@@ -12,6 +12,8 @@ from conftest import REPO, snakemake
 from snakemake.profiles import ProfileConfigFileParser
 
 from pcamflow import profiles
+from pcamflow.config import grid_points, load_yaml, validate_config
+from pcamflow.cost import activation_gb
 
 PROFILES = REPO / "profiles"
 MAIN = PROFILES / "snellius" / "config.yaml"
@@ -257,3 +259,38 @@ def test_local_profile_plans_the_workflow(workflow_dir):
         workflow_dir, "-n", "--profile", "profiles/local", "--configfile", "config/test.yaml"
     ).stdout
     assert "prepare" in {rule for rule, _, _ in planned_jobs(out)}
+
+
+COURSE_GPU_GB = 5  # a MIG 1g.5gb slice of an A100 (course journal)
+
+
+def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profile(no_account):
+    pcam, course = (validate_config(load_yaml(REPO / "config" / f"{n}.yaml")) for n in ("pcam", "course"))
+    changed = {
+        ("grid", "batch_size"),
+        ("training", "eval_batch_size"),
+        ("partitions",),
+        ("benchmark", "batch_sizes"),
+        ("benchmark", "workers"),
+    }
+    for keys in changed:  # everything else is config/pcam.yaml's
+        *parents, last = keys
+        pcam_part, course_part = pcam, course
+        for key in parents:
+            pcam_part, course_part = pcam_part[key], course_part[key]
+        pcam_part[last] = course_part[last]
+    assert course == pcam
+    # half the slice for activations (the upper bound `pcamflow cost` uses: every layer output kept);
+    # the rest for weights, optimizer state, cuDNN workspace and the CUDA context
+    for point in grid_points(course):
+        assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, point
+    for model in course["benchmark"]["models"]:
+        point = {"model": model, "batch_size": max(course["benchmark"]["batch_sizes"])}
+        assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, model
+    assert course["training"]["eval_batch_size"] <= 256
+    profile = parse_profile(PROFILES / "snellius-course" / "config.yaml")
+    gpu, cpu = profile["set-resources"]["train"], profile["default-resources"]
+    assert course["partitions"] == {
+        cpu["slurm_partition"]: {"device": "cpu", "cpus": int(cpu["cpus_per_task"]), "gpus": 0},
+        gpu["slurm_partition"]: {"device": "cuda", "cpus": int(gpu["cpus_per_task"]), "gpus": 1},
+    }

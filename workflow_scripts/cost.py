@@ -14,7 +14,7 @@ def main(smk):
     train_tiles = len(np.load(array_path(smk.params.store, "train", "y"), mmap_mode="r"))
     lines = estimate(smk.config, train_tiles)  # `pcamflow cost` for this config and these tiles
     table = run_usage(".", smk.params.logs, smk.params.benchmarks, smk.params.rules, lines)
-    write_csv(smk.output.csv, table.round(4))
+    write_csv(smk.output.csv, table.round(6))
     source = (
         "Slurm accounting (sacct)" if (table["source"] == "sacct").any() else "the rules' benchmark files"
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import resource
 import socket
 import tempfile
@@ -118,11 +119,13 @@ def check_scratch(store: Path) -> dict:
     asked = staging.job_asks_for_scratch()
     if not asked:
         return {"asked": asked, "path": None}
-    tmpdir = os.environ.get("TMPDIR")
-    if not tmpdir or not Path(tmpdir).is_dir():
+    tmpdir, job = os.environ.get("TMPDIR") or "", os.environ.get("SLURM_JOB_ID", "")
+    # Slurm makes a job's node-local scratch a directory named after the job (Snellius:
+    # /scratch-node/<user>.<job>); a Snakemake job whose $TMPDIR is missing gets /tmp instead.
+    if not Path(tmpdir).is_dir() or not re.search(rf"(^|\D){re.escape(job)}$", Path(tmpdir).name):
         raise PcamflowError(
             f"the job asked for node-local scratch (--constraint={staging.SCRATCH_FEATURE}) but "
-            f"$TMPDIR ({tmpdir or 'unset'}) is not a directory on this node"
+            f"$TMPDIR ({tmpdir or 'unset'}) is not job {job}'s scratch directory on this node"
         )
     try:
         with tempfile.NamedTemporaryFile(dir=tmpdir) as probe:
