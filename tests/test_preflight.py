@@ -127,3 +127,18 @@ def test_job_that_asked_for_scratch_but_got_none_fails_and_one_that_got_it_passe
     monkeypatch.setenv("TMPDIR", str(scratch))
     record = preflight.run_preflight(POINTS, 1, training, store, tmp_path / "p.json")
     assert record["scratch"]["path"] == str(scratch) and record["scratch"]["asked"] is True
+
+
+def test_job_memory_comes_from_slurms_record_of_the_job_when_its_step_has_no_variable(
+    tmp_path, training, outside_slurm, monkeypatch
+):
+    """Snakemake runs a job's rule as a job step, where SLURM_MEM_PER_NODE may be missing."""
+    store = write_store(tmp_path / "prepared")
+    fake_scontrol(tmp_path / "bin", monkeypatch, "(null)", tres="cpu=2,mem=64M,node=1,gres/gpu=1")
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")
+    monkeypatch.setenv("SLURM_JOB_PARTITION", "gpu_course")
+    assert preflight.job_memory_mb() == 64
+    with pytest.raises(
+        PcamflowError, match=r"^preflight on gpu_course: cnn at batch 32 .* more than the job's 64 MB"
+    ):
+        preflight.run_preflight(POINTS, 1, training, store, tmp_path / "p.json")

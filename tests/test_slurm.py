@@ -323,7 +323,8 @@ def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_reques
     for job in jobs:
         assert (job["Partition"], job["State"]) == ("gpu_course", "COMPLETED"), job
         assert job["AllocTRES"] == "billing=2,cpu=2,gres/gpu=1,mem=16G,node=1", job
-    assert read_json(wf / "results" / "preflight" / "train.json")["scratch"]["asked"] is False
+    record = read_json(wf / "results" / "preflight" / "train.json")
+    assert record["scratch"]["asked"] is False and record["device"]["job_memory_mb"] == 16384
     train_log = (wf / "results" / "logs" / "train").rglob("seed~1.log")
     assert "reading the shared copy" in next(train_log).read_text()
 

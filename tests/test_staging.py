@@ -120,11 +120,13 @@ def test_atomic_dir_replaces_on_success_and_leaves_the_old_directory_on_failure(
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left
 
 
-def fake_scontrol(directory, monkeypatch, features: str) -> None:
-    """An `scontrol` on PATH that shows job 1234 as Slurm 22.05 does, with these features."""
+def fake_scontrol(
+    directory, monkeypatch, features: str, tres: str = "cpu=2,mem=16G,node=1,gres/gpu=1"
+) -> None:
+    """An `scontrol` on PATH that shows job 1234 as Slurm 22.05 does, with these features and TRES."""
     directory.mkdir()
     script = directory / "scontrol"
-    line = f"JobId=1234 JobName=x Partition=gpu_course Features={features} DelayBoot=00:00:00"
+    line = f"JobId=1234 JobName=x Partition=gpu_course TRES={tres} Features={features} DelayBoot=00:00:00"
     script.write_text(f"#!/bin/sh\necho '{line}'\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")

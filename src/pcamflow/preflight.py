@@ -34,6 +34,7 @@ from .io import write_json
 from .pipeline import GpuTransform, predict_logits
 from .store import load_split, store_checksum, store_files
 from .train import build_run, check_amp, make_run_config, resolve_device, train_step, validate_run_config
+from .usage import allocation
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,13 @@ def costliest_point(points: list[dict], training: dict) -> dict:
 
 
 def job_memory_mb() -> int | None:
-    """Host memory this Slurm job was given (MB), or None outside Slurm."""
+    """Host memory this Slurm job was given (MB), or None outside Slurm: SLURM_MEM_PER_NODE, else
+    Slurm's record of the job (a job step, as Snakemake runs each job, may not see the variable)."""
     if os.environ.get("SLURM_MEM_PER_NODE"):
         return int(os.environ["SLURM_MEM_PER_NODE"])
-    if os.environ.get("SLURM_MEM_PER_CPU") and os.environ.get("SLURM_CPUS_ON_NODE"):
-        return int(os.environ["SLURM_MEM_PER_CPU"]) * int(os.environ["SLURM_CPUS_ON_NODE"])
+    job = staging.slurm_job()
+    if job and "mem=" in job.get("TRES", ""):
+        return round(allocation(job["TRES"])["mem_mb"])
     return None
 
 

@@ -27,9 +27,9 @@ STAGED_SPLITS = ("train", "valid")  # what training reads
 SCRATCH_FEATURE = "scratch-node"  # Snellius' node feature for node-local NVMe at $TMPDIR
 
 
-def job_asks_for_scratch() -> bool | None:
-    """Whether this Slurm job was submitted with --constraint=scratch-node (Slurm's record of the
-    job); None outside a job or when Slurm cannot be asked."""
+def slurm_job() -> dict | None:
+    """Slurm's record of this job (`scontrol show job`: Features, TRES, ...), or None outside a job
+    or when Slurm cannot be asked."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return None
@@ -41,8 +41,16 @@ def job_asks_for_scratch() -> bool | None:
         return None
     if shown.returncode != 0:
         return None
-    features = next((f.split("=", 1)[1] for f in shown.stdout.split() if f.startswith("Features=")), "")
-    return SCRATCH_FEATURE in re.split(r"[^\w-]+", features)  # e.g. scratch-node&rome
+    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
+
+
+def job_asks_for_scratch() -> bool | None:
+    """Whether this Slurm job was submitted with --constraint=scratch-node; None outside a job or
+    when Slurm cannot be asked."""
+    job = slurm_job()
+    if job is None:
+        return None
+    return SCRATCH_FEATURE in re.split(r"[^\w-]+", job.get("Features", ""))  # e.g. scratch-node&rome
 
 
 def node_local_scratch() -> Path | None:
