@@ -15,7 +15,9 @@ TRAIN_THREADS = config["training"]["threads"]
 TRAIN_MEM_MB = lambda wildcards, input: 2000 + int(2 * input_mb(input))
 
 
-rule preflight:
+# A checkpoint: a training run still to do is planned only once the preflight passed, without the
+# preflight's file among its inputs, so a new preflight never makes Snakemake retrain a finished run.
+checkpoint preflight:
     input:
         store_files(PREPARED, ["train", "valid"]),
     output:
@@ -45,10 +47,11 @@ rule train:
     input:
         # the splits training reads (as validate_run_config checks); the test split is not one
         store_files(PREPARED, ["train", "valid"]),
-        # A run still to do waits for the preflight. A finished run does not depend on it, so a
-        # new preflight never makes Snakemake train a finished run again.
+        # a run still to do waits for the preflight; a finished one (its history exists) does not
         preflight=lambda wildcards: (
-            [] if Path(run_file("history.json", **wildcards)).exists() else PREFLIGHT
+            []
+            if Path(run_file("history.json", **wildcards)).exists() or checkpoints.preflight.get()
+            else []
         ),
     output:
         history=f"{RUN_DIR}/history.json",
