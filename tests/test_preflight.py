@@ -92,11 +92,11 @@ def test_preflight_of_an_unreadable_store_names_it(tmp_path, training, outside_s
 
 def planned_inputs(dry_run: str, rule: str) -> list[str]:
     """The input line of every job of `rule` in a dry run's (-n) listing."""
-    blocks = re.split(r"^\s*(?=(?:local)?rule \w+:$)", dry_run, flags=re.M)
+    blocks = re.split(r"^\s*(?=(?:local)?(?:rule|checkpoint) \w+:$)", dry_run, flags=re.M)
     return [
         (re.search(r"^\s+input: (.*)$", block, re.M) or [None, ""])[1]
         for block in blocks
-        if re.match(rf"\s*(?:local)?rule {rule}:", block)
+        if re.match(rf"\s*(?:local)?(?:rule|checkpoint) {rule}:", block)
     ]
 
 

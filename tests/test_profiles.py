@@ -227,8 +227,8 @@ def test_preflight_asks_for_exactly_what_a_training_job_asks_for(name, no_accoun
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict, dict]]:
     """(rule, wildcards, resources) of every job a dry run lists."""
     jobs = []
-    for block in re.split(r"^\s*(?=(?:local)?rule \w+:$)", dry_run_output, flags=re.M)[1:]:
-        rule = re.match(r"(?:local)?rule (\w+):", block)[1]
+    for block in re.split(r"^\s*(?=(?:local)?(?:rule|checkpoint) \w+:$)", dry_run_output, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)[1]
         fields = dict(re.findall(r"^\s+(wildcards|resources): (.*)$", block, re.M))
         wildcards, resources = (key_values(fields.get(name, "")) for name in ("wildcards", "resources"))
         jobs.append((rule, wildcards, resources))
