@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, make_workflow_copy, snakemake
 
 CONFIG = "config/test.yaml"
-CATEGORIES = {"data", "training", "sweep", "evaluation", "slices", "throughput"}
+CATEGORIES = {"data", "training", "sweep", "evaluation", "slices", "throughput", "cost"}
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = (
     "--headless",
