@@ -19,6 +19,7 @@ include: "rules/evaluation.smk"
 include: "rules/deployment.smk"
 include: "rules/throughput.smk"
 include: "rules/overview.smk"
+include: "rules/cost.smk"
 
 
 rule all:

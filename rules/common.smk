@@ -78,6 +78,9 @@ STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
 TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
 # live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
 TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
+# the preflight of the training jobs (rules/train.smk): what the node they get can do
+PREFLIGHT_NAME = "train"
+PREFLIGHT = str(RESULTS / "preflight" / f"{PREFLIGHT_NAME}.json")
 SUMMARY = RESULTS / "summary"
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
@@ -116,6 +119,9 @@ CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
 THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
 THROUGHPUT_PLOT = SUMMARY / "throughput_scaling.png"
+# what the run cost, per rule (rules/cost.smk)
+COST_CSV = SUMMARY / "cost.csv"
+COST_HTML = SUMMARY / "cost.html"
 
 
 def input_mb(input):

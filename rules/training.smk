@@ -1,5 +1,7 @@
 # Stage rules: train (see rules/common.smk for path patterns). One job per (grid point, seed);
 # its outputs are the run-directory files of pcamflow.rundir in RUN_DIR.
+from datetime import datetime
+
 from pcamflow.data.store import store_files
 
 RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
@@ -7,10 +9,50 @@ RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "o
 # batches are gathered (the same values either way): the train script reads it from the config
 
 
+# What a training job asks for; the preflight asks for exactly the same (profiles give both one share).
+TRAIN_THREADS = config["training"]["threads"]
+
+
+# the train and valid arrays are read into memory (memory-mapped when they would not fit)
+TRAIN_MEM_MB = lambda wildcards, input: 2000 + int(2 * input_mb(input))
+
+
+# A checkpoint: a training run still to do is planned only once the preflight passed, without the
+# preflight's file among its inputs, so a new preflight never makes Snakemake retrain a finished run.
+checkpoint preflight:
+    input:
+        store_files(PREPARED, ["train", "valid"]),
+    output:
+        PREFLIGHT,
+    log:
+        str(LOGS / "preflight" / f"{PREFLIGHT_NAME}.log"),
+    benchmark:
+        str(BENCHMARKS / "preflight" / f"{PREFLIGHT_NAME}.tsv")
+    conda:
+        CONDA_ENV
+    threads: TRAIN_THREADS
+    resources:
+        mem_mb=TRAIN_MEM_MB,
+    params:
+        points=grid_points(config),
+        seed=config["seeds"][0],
+        training=config["training"],
+        data=lambda wildcards, input: str(Path(input[0]).parent),
+        # A preflight checks the node as it is now: a new value per invocation makes it run again
+        # in every invocation that has training left to do (and only then: nothing else needs it).
+        invocation=datetime.now().isoformat(timespec="seconds"),
+    script:
+        "../workflow_scripts/preflight.py"
+
+
 rule train:
     input:
         # the splits training reads (as validate_run_config checks); the test split is not one
         store_files(PREPARED, ["train", "valid"]),
+        # a run still to do waits for the preflight; a finished one (its history exists) does not
+        preflight=lambda wildcards: (
+            [] if Path(run_file("history.json", **wildcards)).exists() or checkpoints.preflight.get() else []
+        ),
     output:
         history=run_path(rundir.HISTORY),
         metrics=report(
@@ -30,10 +72,9 @@ rule train:
         str(BENCHMARKS / "train" / GRID_POINT / (rundir.seed_dir("{seed}") + ".tsv"))
     conda:
         CONDA_ENV
-    threads: config["training"]["threads"]
+    threads: TRAIN_THREADS
     resources:
-        # the train and valid arrays are read into memory (memory-mapped when they would not fit)
-        mem_mb=lambda wildcards, input: 2000 + int(2 * input_mb(input)),
+        mem_mb=TRAIN_MEM_MB,
         # which attempt this is (a resource, not a param: it must not make finished runs rerun)
         attempt=lambda wildcards, attempt: attempt,
         attempts=train_attempts,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,13 @@ from configargparse import ConfigFileParserException
 from conftest import REPO, snakemake
 from snakemake.profiles import ProfileConfigFileParser
 
+from pcamflow import profiles
+from pcamflow.config import grid_points, load_yaml, validate_config
+from pcamflow.throughput.cost import activation_gb
+
 PROFILES = REPO / "profiles"
 MAIN = PROFILES / "snellius" / "config.yaml"
-GPU_RULES = ("train", "reproducibility", "predict_champion")  # each trains or runs a model
+GPU_RULES = ("train", "preflight", "reproducibility", "predict_champion")  # each trains or runs a model
 ROME_SHARE = {"cpus": 16, "mem_mb": 28 * 1024}  # 1/8 of a rome node, Snellius' smallest CPU job
 A100_SHARE = {"cpus": 18, "mem_mb": 120 * 1024}  # 1/4 of a gpu_a100 node: one A100
 
@@ -112,36 +117,118 @@ def test_h100_variant_is_the_main_profile_with_model_rules_on_h100(no_account):
     assert parse_profile(PROFILES / "snellius-h100" / "config.yaml") == expected
 
 
-def test_course_variant_is_the_main_profile_on_course_partitions(no_account):
+def test_course_variant_asks_for_a_course_gpu_slice_without_scratch(no_account):
     expected = with_changes(
         parse_profile(MAIN),
         defaults={"slurm_partition": "thin_course"},
-        gpu={"slurm_partition": "gpu_course", "gpu_model": None},
+        gpu={
+            "slurm_partition": "gpu_course",
+            "gpu_model": None,
+            "cpus_per_task": "2",
+            "mem_mb": "16384",
+            "constraint": None,
+        },
     )
+    expected["set-threads"] = dict.fromkeys(GPU_RULES, "2")
+    del expected["set-resources"]["benchmark"]  # its only setting was the scratch-node constraint
     assert parse_profile(PROFILES / "snellius-course" / "config.yaml") == expected
 
 
-def test_variant_finds_the_main_profile_from_any_working_directory(tmp_path, monkeypatch, no_account):
+def test_variants_are_up_to_date_with_the_main_profile():
+    assert profiles.sync(PROFILES, check=True) == [], "run: python -m pcamflow.profiles"
+
+
+def test_a_change_to_the_main_profile_reaches_every_variant_and_keeps_their_site_settings(
+    tmp_path, no_account
+):
+    copy = tmp_path / "profiles"
+    shutil.copytree(PROFILES, copy)
+    main = copy / "snellius" / "config.yaml"
+    main.write_text(main.read_text().replace("\njobs: 100\n", "\njobs: 7\n"))
+    assert sorted(p.parent.name for p in profiles.sync(copy)) == ["snellius-course", "snellius-h100"]
+    for name, partition in (("snellius-h100", "gpu_h100"), ("snellius-course", "gpu_course")):
+        variant = parse_profile(copy / name / "config.yaml")
+        assert variant["jobs"] == "7"
+        assert variant["set-resources"]["train"]["slurm_partition"] == partition
+    assert profiles.sync(copy, check=True) == []
+
+
+def test_variant_finds_nothing_outside_itself_from_any_working_directory(tmp_path, monkeypatch, no_account):
     monkeypatch.chdir(tmp_path)
-    train = parse_profile(PROFILES / "snellius-h100" / "config.yaml")["set-resources"]["train"]
-    assert train["slurm_partition"] == "gpu_h100"
+    alone = tmp_path / "alone.yaml"  # a variant copied away from profiles/ still reads
+    shutil.copyfile(PROFILES / "snellius-h100" / "config.yaml", alone)
+    assert parse_profile(alone)["set-resources"]["train"]["slurm_partition"] == "gpu_h100"
 
 
-def test_variant_with_a_misspelt_setting_is_refused(tmp_path):
-    (tmp_path / "snellius").symlink_to(PROFILES / "snellius")
-    variant = (PROFILES / "snellius-h100" / "config.yaml").read_text()
-    variant = re.sub(r"variant = dict\(.*\)", 'variant = dict(gpu_partiton="gpu_h100")', variant)
-    (tmp_path / "typo").mkdir()
-    (tmp_path / "typo" / "config.yaml").write_text(variant)
+def test_a_site_setting_is_overridden_from_the_environment(monkeypatch, no_account):
+    monkeypatch.setenv("PCAMFLOW_SITE_GPU_MEM_MB", "20000")
+    monkeypatch.setenv("PCAMFLOW_SITE_NODE_LOCAL_STAGING", "true")
+    train = parse_profile(PROFILES / "snellius-course" / "config.yaml")["set-resources"]["train"]
+    assert (train["mem_mb"], train["constraint"], train["cpus_per_task"]) == ("20000", "scratch-node", "2")
+
+
+def test_a_misspelt_site_setting_is_refused(monkeypatch, tmp_path, no_account):
+    monkeypatch.setenv("PCAMFLOW_SITE_GPU_MEMORY", "20000")
+    with pytest.raises(ConfigFileParserException, match="PCAMFLOW_SITE_GPU_MEMORY"):
+        parse_profile(MAIN)
+    monkeypatch.delenv("PCAMFLOW_SITE_GPU_MEMORY")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        MAIN.read_text().replace("  - variant = {}", '  - variant = dict(gpu_partiton="gpu_h100")')
+    )
     with pytest.raises(ConfigFileParserException, match="gpu_partiton"):
-        parse_profile(tmp_path / "typo" / "config.yaml")
+        parse_profile(typo)
+
+
+def readme_rows() -> dict[str, list[str]]:
+    """The README's profile table: profile directory -> its cells."""
+    rows = {}
+    for line in (REPO / "README.md").read_text().splitlines():
+        match = re.match(r"\| `profiles/([\w-]+)` \|(.*)\|$", line)
+        if match:
+            rows[match[1]] = [cell.strip() for cell in match[2].split("|")]
+    return rows
+
+
+def promised_share(cell: str) -> dict:
+    """`rome`: 16 cores, 28,000 MB -> what the cell promises, as the profile writes it."""
+    match = re.fullmatch(r"`(\w+)`(?:: 1 GPU \((\w+|any model)\))?, (\d+) cores, ([\d,]+) MB.*", cell)
+    assert match, cell
+    partition, model, cores, mem = match.groups()
+    share = {"slurm_partition": partition, "cpus_per_task": cores, "mem_mb": mem.replace(",", "")}
+    if model:
+        share["gpu"] = "1"
+        if model != "any model":
+            share["gpu_model"] = model
+    return share
+
+
+@pytest.mark.parametrize("name", ["snellius", "snellius-h100", "snellius-course"])
+def test_each_profile_resolves_to_what_its_readme_row_promises(name, no_account):
+    cpu, gpu, staging = readme_rows()[name]
+    profile = parse_profile(PROFILES / name / "config.yaml")
+    defaults = profile["default-resources"]
+    assert {k: defaults[k] for k in ("slurm_partition", "cpus_per_task", "mem_mb")} == promised_share(cpu)
+    for rule in GPU_RULES:
+        share = profile["set-resources"][rule]
+        wanted = promised_share(gpu)
+        assert {k: share.get(k) for k in (*wanted, "gpu_model")} == {"gpu_model": None, **wanted}, rule
+        assert profile["set-threads"][rule] == wanted["cpus_per_task"], rule
+        assert (share.get("constraint") == "scratch-node") == (staging == "yes"), rule
+
+
+@pytest.mark.parametrize("name", ["snellius", "snellius-h100", "snellius-course"])
+def test_preflight_asks_for_exactly_what_a_training_job_asks_for(name, no_account):
+    profile = parse_profile(PROFILES / name / "config.yaml")
+    assert profile["set-resources"]["preflight"] == profile["set-resources"]["train"]
+    assert profile["set-threads"]["preflight"] == profile["set-threads"]["train"]
 
 
 def planned_jobs(dry_run_output: str) -> list[tuple[str, dict, dict]]:
     """(rule, wildcards, resources) of every job a dry run lists."""
     jobs = []
-    for block in re.split(r"^\s*(?=(?:local)?rule \w+:$)", dry_run_output, flags=re.M)[1:]:
-        rule = re.match(r"(?:local)?rule (\w+):", block)[1]
+    for block in re.split(r"^\s*(?=(?:local)?(?:rule|checkpoint) \w+:$)", dry_run_output, flags=re.M)[1:]:
+        rule = re.match(r"(?:local)?(?:rule|checkpoint) (\w+):", block)[1]
         fields = dict(re.findall(r"^\s+(wildcards|resources): (.*)$", block, re.M))
         wildcards, resources = (key_values(fields.get(name, "")) for name in ("wildcards", "resources"))
         jobs.append((rule, wildcards, resources))
@@ -172,3 +259,38 @@ def test_local_profile_plans_the_workflow(workflow_dir):
         workflow_dir, "-n", "--profile", "profiles/local", "--configfile", "config/test.yaml"
     ).stdout
     assert "prepare" in {rule for rule, _, _ in planned_jobs(out)}
+
+
+COURSE_GPU_GB = 5  # a MIG 1g.5gb slice of an A100 (course journal)
+
+
+def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profile(no_account):
+    pcam, course = (validate_config(load_yaml(REPO / "config" / f"{n}.yaml")) for n in ("pcam", "course"))
+    changed = {
+        ("grid", "batch_size"),
+        ("training", "eval_batch_size"),
+        ("partitions",),
+        ("benchmark", "batch_sizes"),
+        ("benchmark", "workers"),
+    }
+    for keys in changed:  # everything else is config/pcam.yaml's
+        *parents, last = keys
+        pcam_part, course_part = pcam, course
+        for key in parents:
+            pcam_part, course_part = pcam_part[key], course_part[key]
+        pcam_part[last] = course_part[last]
+    assert course == pcam
+    # half the slice for activations (the upper bound `pcamflow cost` uses: every layer output kept);
+    # the rest for weights, optimizer state, cuDNN workspace and the CUDA context
+    for point in grid_points(course):
+        assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, point
+    for model in course["benchmark"]["models"]:
+        point = {"model": model, "batch_size": max(course["benchmark"]["batch_sizes"])}
+        assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, model
+    assert course["training"]["eval_batch_size"] <= 256
+    profile = parse_profile(PROFILES / "snellius-course" / "config.yaml")
+    gpu, cpu = profile["set-resources"]["train"], profile["default-resources"]
+    assert course["partitions"] == {
+        cpu["slurm_partition"]: {"device": "cpu", "cpus": int(cpu["cpus_per_task"]), "gpus": 0},
+        gpu["slurm_partition"]: {"device": "cuda", "cpus": int(gpu["cpus_per_task"]), "gpus": 1},
+    }

@@ -27,7 +27,7 @@ from conftest import REPO, make_workflow_copy, snakemake
 from pcamflow.training.runstatus import INJECT_ENV
 
 CONFIG = "config/test.yaml"
-CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput"}
+CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput", "cost"}
 # one run of the test config fails on every attempt (fault injection), as runs of a real sweep do
 FAILING_RUN = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~2"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,14 +22,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
 from test_profiles import MAIN, parse_profile
 
+from pcamflow.config import validate_config
 from pcamflow.evaluation.reproducibility import compare_runs
 from pcamflow.io import read_json
+from pcamflow.throughput.cost import (
+    ROME_MIN_CORES,
+    SBU_PER_CORE_HOUR,
+    SBU_PER_GPU_HOUR,
+    estimate,
+    sbu_by_rule,
+)
 from pcamflow.training.runstatus import INJECT_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -36,7 +46,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 SLURM_TESTS = REPO / "tests" / "slurm"
 ACCOUNT = "pcamflow"  # start_cluster.sh registers it
 DAEMONS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd", "sbatch", "sacct")
-SACCT_FIELDS = "JobID,Comment,Partition,Account,State,Elapsed,Timelimit,AllocTRES,NodeList"
+SACCT_FIELDS = (
+    "JobID,Comment,Partition,Account,State,Elapsed,ElapsedRaw,Timelimit,AllocTRES,Start,End,NodeList"
+)
 # Faster than the profile's 40 s before the first status check; Slurm itself is untouched.
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
 # A 2-core machine cannot give a job 18 threads; every other setting is the profile's.
@@ -135,31 +147,49 @@ def assert_same_training(local: Path, slurm: Path) -> None:
 
 
 def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_env, tmp_path):
-    """Data rules, training (two seeds), a throughput job and the grouped plots, as sbatch jobs."""
+    """The whole pipeline on test.yaml as sbatch jobs, in one sweep that several checks share: every
+    job on its partition; the preflight on a training job's resources, before any training job;
+    training identical to a local run; and the cost of every job per rule at the end."""
     profile = parse_profile(MAIN)
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    targets = [
-        history_target("cnn", 1),
-        history_target("cnn", 2),
-        "results/summary/curves/model~cnn/lr~0.001/batch_size~32/optimizer~adam/epochs.png",
-        "results/throughput/rome.csv",
-    ]
-    common = (*targets, "--configfile", "config/test.yaml")
     slurm_wf, local_wf = make_workflow_copy(tmp_path / "slurm"), make_workflow_copy(tmp_path / "local")
-    with ThreadPoolExecutor(1) as pool:  # the local reference run meanwhile, on this machine
-        local = pool.submit(snakemake, local_wf, *common, "--cores", "1")
-        out = snakemake(slurm_wf, *common, "--profile", "profiles/snellius", *ONE_THREAD, *FAST_POLLING)
+    reference = (history_target("cnn", 1), history_target("cnn", 2), "--configfile", "config/test.yaml")
+    with ThreadPoolExecutor(1) as pool:  # the local reference training meanwhile, on this machine
+        local = pool.submit(snakemake, local_wf, *reference, "--cores", "1")
+        out = snakemake(
+            slurm_wf,
+            "--configfile",
+            "config/test.yaml",
+            "--profile",
+            "profiles/snellius",
+            *ONE_THREAD,
+            *FAST_POLLING,
+        )
         local.result()
     log = out.stdout + out.stderr
 
-    assert local_rules_run(log) <= {"all"}, "a job ran on the controller's machine, not through sbatch"
+    # cost reads sacct on the login node: not worth a job
+    assert local_rules_run(log) <= {"all", "cost"}, (
+        "a job ran on the controller's machine, not through sbatch"
+    )
     job_ids = submitted_job_ids(log)
     jobs = slurm_env.sacct(job_ids)
     assert len(jobs) == len(job_ids)
-    ran = {rule_of(job["Comment"], profile["groups"]) for job in jobs}
-    assert ran == {"synthesize", "audit", "audit_cross", "prepare", "train", "throughput", "plot_grid_point"}
     for job in jobs:
-        rule = rule_of(job["Comment"], profile["groups"])
+        job["rule"] = rule_of(job["Comment"], profile["groups"])
+    ran = {job["rule"] for job in jobs}
+    assert ran >= {
+        "synthesize",
+        "audit",
+        "prepare",
+        "preflight",
+        "train",
+        "throughput",
+        "plot_grid_point",
+        "export",
+    }
+    for job in jobs:
+        rule = job["rule"]
         if rule == "throughput":  # the throughput job goes to the partition it measures (config)
             partition = job["Comment"].rsplit("_wildcards_", 1)[1]
             gpus = config["partitions"][partition]["gpus"]
@@ -170,6 +200,18 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
         assert job["Partition"] == partition, job
         assert job["Account"] == ACCOUNT, job
         assert ("gres/gpu=1" in job["AllocTRES"]) == (gpus == 1), job
+
+    # the preflight: a training job's allocation, finished before the first training job started
+    (check,) = [job for job in jobs if job["rule"] == "preflight"]
+    trains = [job for job in jobs if job["rule"] == "train"]
+    assert {job["AllocTRES"] for job in trains} == {check["AllocTRES"]}
+    assert check["End"] <= min(job["Start"] for job in trains)
+    record = read_json(slurm_wf / "results" / "preflight" / "train.json")
+    assert (record["partition"], record["slurm_job_id"]) == ("gpu_a100", check["JobID"])
+    assert record["scratch"]["asked"] and Path(record["scratch"]["path"]).is_relative_to(
+        slurm_env.state / "scratch"
+    )
+    assert record["trial"]["point"] == {"model": "cnn", "lr": 0.001, "batch_size": 32, "optimizer": "adam"}
 
     for seed in (1, 2):
         assert_same_training(run_dir(local_wf, "cnn", seed), run_dir(slurm_wf, "cnn", seed))
@@ -182,6 +224,159 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
     assert set(local_rows["slurm_job_id"]) == set(local_rows["node"]) == {""}
     manifest = Path("results/prepared/manifest.json")
     assert read_json(slurm_wf / manifest)["checksum"] == read_json(local_wf / manifest)["checksum"]
+
+    assert_cost_table_matches_sacct(slurm_wf, jobs)
+
+
+def assert_cost_table_matches_sacct(wf: Path, jobs: list[dict]) -> None:
+    """results/summary/cost.csv: per rule, the jobs sacct lists, their hours and allocations, and
+    the SBU Snellius charges for them beside pcamflow cost's estimate."""
+    table = pd.read_csv(wf / "results" / "summary" / "cost.csv").set_index("rule")
+    print(table.to_string())  # for the record (pytest -s)
+    assert set(table.loc[table.index != "total", "source"].dropna()) == {"sacct"}
+    train_tiles = len(np.load(wf / "results" / "prepared" / "train_y.npy"))
+    cfg = validate_config(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    estimated = sbu_by_rule(estimate(cfg, train_tiles))
+    total_sbu = 0.0
+    for rule in {job["rule"] for job in jobs}:
+        mine = [job for job in jobs if job["rule"] == rule]
+        hours = [int(job["ElapsedRaw"]) / 3600 for job in mine]
+        tres = [dict(item.split("=") for item in job["AllocTRES"].split(",")) for job in mine]
+        sbu = sum(
+            int(t.get("gres/gpu", 0)) * h * SBU_PER_GPU_HOUR
+            if "gres/gpu" in t
+            else max(int(t["cpu"]), ROME_MIN_CORES) * h * SBU_PER_CORE_HOUR
+            for t, h in zip(tres, hours, strict=True)
+        )
+        total_sbu += sbu
+        row = table.loc[rule]
+        assert row["jobs"] == len(mine), rule
+        assert row["elapsed_h"] == pytest.approx(sum(hours), abs=1e-3), rule
+        assert row["cpus_per_job"] == max(int(t["cpu"]) for t in tres), rule
+        assert row["gpus_per_job"] == max(int(t.get("gres/gpu", 0)) for t in tres), rule
+        assert row["sbu"] == pytest.approx(sbu, abs=1e-3), rule
+        if rule in estimated:
+            assert row["estimate_sbu"] == pytest.approx(estimated[rule], abs=1e-3), rule
+            assert row["ratio"] == pytest.approx(row["sbu"] / row["estimate_sbu"], rel=1e-3), rule
+    total = table.loc["total"]
+    assert total["jobs"] == len(jobs)
+    assert total["sbu"] == pytest.approx(total_sbu, abs=1e-2)
+    assert total["ratio"] == pytest.approx(total_sbu / total["estimate_sbu"], rel=1e-2)
+    assert (wf / "results" / "summary" / "cost.html").exists()
+
+
+@pytest.fixture(scope="module")
+def prepared_results(tmp_path_factory) -> Path:
+    """results/ with test.yaml's prepared store, made once on this machine, for tests that only train."""
+    wf = make_workflow_copy(tmp_path_factory.mktemp("data") / "wf")
+    snakemake(wf, "results/prepared/manifest.json", "--cores", "2", "--configfile", "config/test.yaml")
+    return wf / "results"
+
+
+def workflow_with_data(prepared_results: Path, directory: Path) -> Path:
+    wf = make_workflow_copy(directory)
+    shutil.copytree(prepared_results, wf / "results")  # keeps mtimes: nothing upstream reruns
+    return wf
+
+
+def jobs_from(slurm_env, wf: Path) -> list[str]:
+    """The comment (rule_...) of every job sacct knows that was submitted from wf."""
+    out = slurm_env.run("sacct", "-X", "-P", "-n", "-S", "now-1days", "-o", "Comment,WorkDir").stdout
+    return [line.split("|")[0] for line in out.splitlines() if line.split("|")[-1] == str(wf)]
+
+
+def test_failing_preflight_stops_the_sweep_before_any_training_job_is_submitted(
+    slurm_env, prepared_results, tmp_path
+):
+    """A node whose scratch disk is gone (its task prolog cannot make a job's $TMPDIR): the preflight
+    fails with one line naming the partition and the problem, and no training job exists."""
+    wf = workflow_with_data(prepared_results, tmp_path / "wf")
+    scratch = slurm_env.state / "scratch"
+    shutil.rmtree(scratch)
+    scratch.write_text("the node-local disk is missing")
+    try:
+        out = snakemake(
+            wf,
+            history_target("cnn", 1),
+            history_target("cnn", 2),
+            "--configfile",
+            "config/test.yaml",
+            "--profile",
+            "profiles/snellius",
+            *ONE_THREAD,
+            *FAST_POLLING,
+            check=False,
+        )
+    finally:
+        scratch.unlink()
+        scratch.mkdir()
+    print(out.stdout + out.stderr)  # what the user sees (pytest -s)
+    assert out.returncode != 0
+    submitted = {rule_of(comment, {}) for comment in jobs_from(slurm_env, wf)}
+    assert submitted == {"preflight"}, "a training job was submitted after a failed preflight"
+    line = (wf / "results" / "logs" / "preflight" / "train.log").read_text().strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"pcamflow: error: preflight on gpu_a100: the job asked for node-local scratch "
+        r"\(--constraint=scratch-node\) but \$TMPDIR \(\S+\) is not job \d+'s scratch directory on this node",
+        line,
+    ), line
+    assert line in out.stdout + out.stderr  # the profile shows a failed job's log: the user sees it
+    assert not (wf / "results" / "preflight" / "train.json").exists()
+
+
+def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_request_stays_pending(
+    slurm_env, prepared_results, tmp_path
+):
+    """gpu_course offers 2 cores and 16 GiB per node (tests/slurm/slurm.conf.in). The course
+    variant's preflight and training start and finish there, reading the shared store (no scratch);
+    the main profile's request (18 cores, 120 GiB, scratch) sent there is accepted by sbatch and
+    stays PENDING (reason PartitionConfig): it would never start."""
+    wf = workflow_with_data(prepared_results, tmp_path / "wf")
+    common = ("--configfile", "config/test.yaml", *FAST_POLLING)
+    out = snakemake(wf, history_target("cnn", 1), "--profile", "profiles/snellius-course", *common)
+    jobs = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
+    assert sorted(rule_of(job["Comment"], {}) for job in jobs) == ["preflight", "train"]
+    for job in jobs:
+        assert (job["Partition"], job["State"]) == ("gpu_course", "COMPLETED"), job
+        assert job["AllocTRES"] == "billing=2,cpu=2,gres/gpu=1,mem=16G,node=1", job
+    record = read_json(wf / "results" / "preflight" / "train.json")
+    assert record["scratch"]["asked"] is False and record["device"]["job_memory_mb"] == 16384
+    train_log = (wf / "results" / "logs" / "train").rglob("seed~1.log")
+    assert "reading the shared copy" in next(train_log).read_text()
+
+    # the main profile's request on the same partition (one site setting changed, nothing copied)
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(wf), history_target("cnn", 2)]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PCAMFLOW_SITE_GPU_PARTITION="gpu_course")
+    main = subprocess.Popen(
+        [*cmd, "--profile", "profiles/snellius", *ONE_THREAD, *common],
+        cwd=wf,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        states = wait_for_queued_job(slurm_env, "gpu_course", seconds=120)
+        time.sleep(10)  # still pending after the scheduler had its chance
+        assert wait_for_queued_job(slurm_env, "gpu_course", seconds=5) == states
+        assert states == ("PENDING", "PartitionConfig"), states
+    finally:
+        main.send_signal(signal.SIGINT)  # Snakemake cancels the jobs it submitted
+        main.communicate(timeout=120)
+        slurm_env.run("scancel", "--partition", "gpu_course")
+    trained = [comment for comment in jobs_from(slurm_env, wf) if rule_of(comment, {}) == "train"]
+    assert len(trained) == 1, "the main profile's training job was submitted"  # the course run's only
+
+
+def wait_for_queued_job(slurm_env, partition: str, seconds: float) -> tuple[str, str]:
+    """(state, reason) of the first job squeue lists on `partition`, once there is one."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out = slurm_env.run("squeue", "-h", "-p", partition, "-o", "%T|%r").stdout.split()
+        if out:
+            return tuple(out[0].split("|"))
+        time.sleep(1)
+    raise AssertionError(f"no job queued on {partition} within {seconds} s")
 
 
 def test_staging_copies_the_prepared_store_to_the_jobs_node_local_scratch(slurm_env, tmp_path):
@@ -215,18 +410,9 @@ def calibrated_epochs(wf: Path, config: dict, tmp_path: Path, target_s: float) -
     return min(60, max(4, math.ceil(target_s / epoch_s)))
 
 
-def layered_profile(directory: Path, **variant) -> Path:
-    """A profile that is profiles/snellius with some of its settings changed (as its variants do)."""
-    directory.mkdir()
-    loader = (
-        f"?yte.process_yaml(open({str(MAIN)!r}), variables=dict(variant={variant!r}), require_use_yte=True)"
-    )
-    profile = {"__use_yte__": True, "__definitions__": ["import yte"], "<": loader}
-    (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))  # definitions first
-    return directory
-
-
-def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted_run(slurm_env, tmp_path):
+def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted_run(
+    slurm_env, tmp_path, monkeypatch
+):
     """A 1-minute limit (SIGTERM 10 s before it): Slurm stops the job, the retry gets 2 minutes and
     resumes from the checkpoint. With Slurm's 30 s timer the signal comes 10-40 s before the limit,
     so a run of ~80 s is cut off at least once and done by the third attempt."""
@@ -241,7 +427,9 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
     shutil.copytree(local_wf / "results", slurm_wf / "results")  # the same data: only training on Slurm
     config["training"]["epochs"] = calibrated_epochs(local_wf, config, tmp_path, target_s=80)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))  # grid order = path order
-    profile = layered_profile(tmp_path / "profile", train_minutes=1, warning_s=10)
+    # two site settings of profiles/snellius changed for this run (as a user would, without a copy)
+    monkeypatch.setenv("PCAMFLOW_SITE_TRAIN_MINUTES", "1")
+    monkeypatch.setenv("PCAMFLOW_SITE_WARNING_S", "10")
 
     target = history_target("cnn", 1)
     with ThreadPoolExecutor(1) as pool:
@@ -250,7 +438,7 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
             slurm_wf,
             target,
             "--profile",
-            str(profile),
+            "profiles/snellius",
             "--configfile",
             str(config_file),
             *ONE_THREAD,
@@ -258,7 +446,8 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
         )
         local.result()
 
-    attempts = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
+    jobs = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
+    attempts = [job for job in jobs if rule_of(job["Comment"], {}) == "train"]  # the preflight aside
     assert len(attempts) >= 2, "the first attempt was not cut off"
     assert [job["Timelimit"] for job in attempts] == [f"00:0{n}:00" for n in range(1, len(attempts) + 1)]
     assert all(job["State"] in ("FAILED", "TIMEOUT") for job in attempts[:-1]), attempts

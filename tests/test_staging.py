@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -117,3 +118,32 @@ def test_atomic_dir_replaces_on_success_and_leaves_the_old_directory_on_failure(
         (tmp / "d").write_text("3")
     assert [p.name for p in target.iterdir()] == ["c"]  # the directory already there is kept
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary left
+
+
+def fake_scontrol(
+    directory, monkeypatch, features: str, tres: str = "cpu=2,mem=16G,node=1,gres/gpu=1"
+) -> None:
+    """An `scontrol` on PATH that shows job 1234 as Slurm 22.05 does, with these features and TRES."""
+    directory.mkdir()
+    script = directory / "scontrol"
+    line = f"JobId=1234 JobName=x Partition=gpu_course TRES={tres} Features={features} DelayBoot=00:00:00"
+    script.write_text(f"#!/bin/sh\necho '{line}'\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{directory}:{os.environ['PATH']}")
+
+
+def test_job_that_did_not_ask_for_scratch_reads_the_shared_copy_and_says_so(
+    store, in_slurm_job, tmp_path, monkeypatch, caplog
+):
+    fake_scontrol(tmp_path / "bin", monkeypatch, "(null)")
+    caplog.set_level("INFO", logger="pcamflow.data.staging")
+    assert staging.job_asks_for_scratch() is False
+    assert staging.stage_prepared(store) == store
+    assert not list(in_slurm_job.iterdir())
+    assert "reading the shared copy" in caplog.text and "node_local_staging is off" in caplog.text
+
+
+def test_job_that_asked_for_scratch_among_other_features_stages(store, in_slurm_job, tmp_path, monkeypatch):
+    fake_scontrol(tmp_path / "bin", monkeypatch, "rome&scratch-node")
+    assert staging.job_asks_for_scratch() is True
+    assert staging.stage_prepared(store).is_relative_to(in_slurm_job)

@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO, pcamflow, snakemake
 from test_train_workflow import training_script_pid
 
+from pcamflow.evaluation.status import slurm_comment
 from pcamflow.layout import results_root, run_dir, train_log
-from pcamflow.status import slurm_comment
 
 # Two grid points (a quick MLP, a slower CNN) x two seeds.
 SWEEP = {

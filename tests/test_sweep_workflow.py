@@ -124,13 +124,13 @@ def test_metrics_avg_from_scratch_then_a_new_seed_or_grid_value_trains_only_the_
 
     more_seeds = write_config(workflow_dir, "seeds.yaml", dict(TINY, seeds=[1, 2]))
     jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_seeds)
-    assert jobs == {"train": 1, "aggregate": 1}
+    assert jobs == {"preflight": 1, "train": 1, "aggregate": 1}  # a new run is preceded by a preflight
     (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_seeds)
     assert "/lr~0.001/batch_size~32/optimizer~adam/seed~2/" in output
 
     more_lrs = write_config(workflow_dir, "lrs.yaml", dict(TINY, grid=dict(TINY["grid"], lr=[0.001, 0.01])))
     jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_lrs)
-    assert jobs == {"train": 1, "aggregate": 1}
+    assert jobs == {"preflight": 1, "train": 1, "aggregate": 1}
     (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_lrs)
     assert "/lr~0.01/" in output
 

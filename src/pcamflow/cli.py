@@ -21,7 +21,7 @@ COMMANDS = {
     "download": ("pcamflow.data.download", "cli_main"),
     "cost": ("pcamflow.throughput.cost", "cli_main"),
     "predict": ("pcamflow.deployment.predict", "cli_main"),
-    "status": ("pcamflow.status", "cli_main"),
+    "status": ("pcamflow.evaluation.status", "cli_main"),
 }
 
 

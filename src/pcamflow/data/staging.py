@@ -4,14 +4,17 @@ On Snellius a job asking for `--constraint=scratch-node` gets a node-local NVMe 
 deleted when the job ends. Training reads the train and valid splits every epoch; reading them from
 the shared file system (GPFS) by hundreds of jobs at once is slow for everyone, so each job copies
 them (not the test split, which only evaluation reads) to $TMPDIR once and reads them from there.
-Outside Slurm nothing is copied.
+Outside Slurm nothing is copied, nor inside a job that did not ask for node-local scratch (a site
+whose partition has none, e.g. the course's MIG slices): that job reads the shared copy.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 from pcamflow.data.store import MANIFEST_FILE, store_checksum, store_files
@@ -21,12 +24,42 @@ log = logging.getLogger(__name__)
 
 STAGE_ROOT = "pcamflow-staged"
 STAGED_SPLITS = ("train", "valid")  # what training reads
+SCRATCH_FEATURE = "scratch-node"  # Snellius' node feature for node-local NVMe at $TMPDIR
+
+
+def slurm_job() -> dict | None:
+    """Slurm's record of this job (`scontrol show job`: Features, TRES, ...), or None outside a job
+    or when Slurm cannot be asked."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    try:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if shown.returncode != 0:
+        return None
+    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
+
+
+def job_asks_for_scratch() -> bool | None:
+    """Whether this Slurm job was submitted with --constraint=scratch-node; None outside a job or
+    when Slurm cannot be asked."""
+    job = slurm_job()
+    if job is None:
+        return None
+    return SCRATCH_FEATURE in re.split(r"[^\w-]+", job.get("Features", ""))  # e.g. scratch-node&rome
 
 
 def node_local_scratch() -> Path | None:
-    """The job's node-local scratch directory, or None outside a Slurm job (or without $TMPDIR)."""
+    """The job's node-local scratch directory, or None outside a Slurm job, in a job that did not
+    ask for scratch, or without $TMPDIR."""
     tmpdir = os.environ.get("TMPDIR")
     if not os.environ.get("SLURM_JOB_ID") or not tmpdir or not Path(tmpdir).is_dir():
+        return None
+    if job_asks_for_scratch() is False:
         return None
     return Path(tmpdir)
 
@@ -38,6 +71,14 @@ def stage_prepared(store_dir: str | os.PathLike, splits: tuple[str, ...] = STAGE
     store_dir = Path(store_dir)
     scratch = node_local_scratch()
     if scratch is None:
+        if job_asks_for_scratch() is False:
+            log.info(
+                "not staging: Slurm job %s has no node-local scratch (no --constraint=%s; the site "
+                "setting node_local_staging is off): reading the shared copy %s",
+                os.environ["SLURM_JOB_ID"],
+                SCRATCH_FEATURE,
+                store_dir,
+            )
         return store_dir
     checksum = store_checksum(store_dir)
     staged = scratch / STAGE_ROOT / "-".join([checksum[:16], *splits])

@@ -153,6 +153,7 @@ class Line:
     hours_per_job: float
     partition: str  # gpu_a100 or rome
     cores: int = 0  # rome only: cores a job asks for
+    rules: tuple[str, ...] = ()  # the workflow rules whose jobs the line counts (empty: the summaries)
 
     @property
     def hours(self) -> float:
@@ -164,9 +165,7 @@ class Line:
 
     @property
     def sbu(self) -> float:
-        if self.partition == "gpu_a100":
-            return self.hours * SBU_PER_GPU_HOUR
-        return self.hours * sbu_cores(self.cores) * SBU_PER_CORE_HOUR
+        return job_sbu(self.cores, 1 if self.partition == "gpu_a100" else 0, self.hours)
 
 
 def sbu_cores(cores: int) -> int:
@@ -183,7 +182,13 @@ def estimate(cfg: dict, train_tiles: int = constants.FULL_SIZES["train"]) -> lis
         mine = [p for p in points if p["model"] == model]
         hours = sum(run_hours(p, training, train_tiles) for p in mine) / len(mine)
         lines.append(
-            Line(f"train {model} ({len(mine)} points x {seeds} seeds)", len(mine) * seeds, hours, "gpu_a100")
+            Line(
+                f"train {model} ({len(mine)} points x {seeds} seeds)",
+                len(mine) * seeds,
+                hours,
+                "gpu_a100",
+                rules=("train",),
+            )
         )
     if cfg["reproducibility"]["enabled"]:  # the champion once more; the costliest point bounds it
         lines.append(
@@ -192,19 +197,59 @@ def estimate(cfg: dict, train_tiles: int = constants.FULL_SIZES["train"]) -> lis
                 1,
                 max(run_hours(p, training, train_tiles) for p in points),
                 "gpu_a100",
+                rules=("reproducibility",),
             )
         )
-    lines.append(Line("champion predictions (valid + test)", 1, prediction_hours(points, cfg), "gpu_a100"))
+    lines.append(
+        Line(
+            "champion predictions (valid + test)",
+            1,
+            prediction_hours(points, cfg),
+            "gpu_a100",
+            rules=("predict_champion",),
+        )
+    )
     for name, part in cfg["partitions"].items():
         hours = benchmark_hours(cfg["throughput"], training, part, train_tiles)
-        lines.append(Line(f"throughput matrix on {name}", 1, hours, _billing(part), part["cpus"]))
+        lines.append(
+            Line(
+                f"throughput matrix on {name}", 1, hours, _billing(part), part["cpus"], rules=("throughput",)
+            )
+        )
     tiles = train_tiles + constants.FULL_SIZES["valid"] + constants.FULL_SIZES["test"]
-    lines.append(Line("audit + prepare", 2, tiles / AUDIT_TILES_PER_S / 3600, "rome", ROME_MIN_CORES))
+    lines.append(
+        Line(
+            "audit + prepare",
+            2,
+            tiles / AUDIT_TILES_PER_S / 3600,
+            "rome",
+            ROME_MIN_CORES,
+            rules=("audit", "prepare"),  # one pass each over every tile
+        )
+    )
     plot_jobs = math.ceil(len(points) / PLOTS_PER_JOB)
     lines.append(
         Line("summaries, evaluation, plots", SUMMARY_JOBS + plot_jobs, SUMMARY_JOB_H, "rome", ROME_MIN_CORES)
     )
     return lines
+
+
+def sbu_by_rule(lines: list[Line]) -> dict[str, float]:
+    """Estimated SBU per workflow rule: a line counting several rules' jobs is shared equally
+    between them; the summaries line (no rules) only counts in the total."""
+    by_rule: dict[str, float] = {}
+    for line in lines:
+        for rule in line.rules:
+            by_rule[rule] = by_rule.get(rule, 0.0) + line.sbu / len(line.rules)
+    return by_rule
+
+
+def job_sbu(cpus: int, gpus: int, hours: float) -> float:
+    """SBU Snellius charges for one job: per GPU-hour on a GPU partition, else per core-hour
+    (at least the smallest CPU job)."""
+    if gpus:
+        return gpus * hours * SBU_PER_GPU_HOUR
+    return sbu_cores(cpus) * hours * SBU_PER_CORE_HOUR
 
 
 def prediction_hours(points: list[dict], cfg: dict) -> float:
