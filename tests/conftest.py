@@ -51,3 +51,14 @@ def pcamflow(*args: str, check: bool = True, timeout: float = 600, **kw) -> subp
             f"pcamflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
         )
     return proc
+
+
+@pytest.fixture
+def restore_torch_globals():
+    """Training sets torch's thread count and determinism; keep other tests unaffected."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)

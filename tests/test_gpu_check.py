@@ -19,13 +19,7 @@ def gpu_check():
     return module
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """The bench sets torch's thread count and determinism; keep other tests unaffected."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")

@@ -3,19 +3,12 @@
 import json
 
 import pytest
-import torch
 from train_fixtures import write_store
 
 from pcamflow.errors import Preempted
 from pcamflow.training import runstatus, train
 
-
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 @pytest.fixture(scope="module")

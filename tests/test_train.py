@@ -25,13 +25,7 @@ from pcamflow.training.train import EXIT_PREEMPTED, lr_factor, run_training
 STEPS_PER_EPOCH = 6  # 120 tiles / batch 20
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_globals():
-    """run_training sets torch's thread count and determinism; keep other tests unaffected."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(deterministic)
+pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
 
 @pytest.fixture(scope="module")
