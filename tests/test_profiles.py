@@ -130,7 +130,7 @@ def test_course_variant_asks_for_a_course_gpu_slice_without_scratch(no_account):
         },
     )
     expected["set-threads"] = dict.fromkeys(GPU_RULES, "2")
-    del expected["set-resources"]["benchmark"]  # its only setting was the scratch-node constraint
+    del expected["set-resources"]["throughput"]  # its only setting was the scratch-node constraint
     assert parse_profile(PROFILES / "snellius-course" / "config.yaml") == expected
 
 
@@ -270,8 +270,8 @@ def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profil
         ("grid", "batch_size"),
         ("training", "eval_batch_size"),
         ("partitions",),
-        ("benchmark", "batch_sizes"),
-        ("benchmark", "workers"),
+        ("throughput", "batch_sizes"),
+        ("throughput", "workers"),
     }
     for keys in changed:  # everything else is config/pcam.yaml's
         *parents, last = keys
@@ -284,8 +284,8 @@ def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profil
     # the rest for weights, optimizer state, cuDNN workspace and the CUDA context
     for point in grid_points(course):
         assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, point
-    for model in course["benchmark"]["models"]:
-        point = {"model": model, "batch_size": max(course["benchmark"]["batch_sizes"])}
+    for model in course["throughput"]["models"]:
+        point = {"model": model, "batch_size": max(course["throughput"]["batch_sizes"])}
         assert activation_gb(point, course["training"]) <= COURSE_GPU_GB / 2, model
     assert course["training"]["eval_batch_size"] <= 256
     profile = parse_profile(PROFILES / "snellius-course" / "config.yaml")

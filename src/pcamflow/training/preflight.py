@@ -24,15 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pcamflow import provenance
 from pcamflow.data import staging
 from pcamflow.data.pipeline import BatchTransform, predict_logits
-from pcamflow.data.store import load_split, store_checksum, store_files
+from pcamflow.data.store import load_split, store_files, verify_store
 from pcamflow.errors import PcamflowError
-from pcamflow.io import write_json
+from pcamflow.io import now_iso, write_json
 from pcamflow.throughput.cost import model_cost
 from pcamflow.throughput.usage import allocation
 from pcamflow.training.train import (
@@ -111,16 +110,15 @@ def check_device(training: dict) -> tuple[torch.device, dict]:
     return device, record
 
 
+TRAINING_SPLITS = ("train", "valid")
+
+
 def check_store(store: Path) -> dict:
-    """The prepared store read where every job reads it (the shared path): manifest, first and last tiles."""
-    try:
-        checksum = store_checksum(store)
-        tiles = {}
-        for split in ("train", "valid"):
-            data = load_split(store, split, mmap=True)
-            np.asarray(data.x[0]), np.asarray(data.x[-1])  # touch both ends of the file
-            tiles[split] = len(data)
-    except (OSError, ValueError) as err:  # unreadable, or not what prepare wrote
+    """The prepared store read where every job reads it (the shared path), verified against its manifest."""
+    try:  # every byte the training jobs read, checked against the manifest
+        checksum = verify_store(store, TRAINING_SPLITS)
+        tiles = {split: len(load_split(store, split, mmap=True)) for split in TRAINING_SPLITS}
+    except (OSError, ValueError, PcamflowError) as err:  # unreadable, or not what prepare wrote
         raise PcamflowError(f"prepared store {store} not readable from this job: {err}") from None
     return {"path": str(store), "checksum": checksum, "tiles": tiles}
 
@@ -171,14 +169,19 @@ def trial_steps(point: dict, seed: int, training: dict, store: Path, state_dir: 
     started = time.perf_counter()
     try:
         for _, (x, y) in zip(range(steps), run.loader, strict=False):
-            train_step(run, x, y, measure_norm=False)
+            inputs = run.transform.to_input(x, train=True, generator=run.augment_rng)
+            train_step(run.parts, inputs, y, measure_norm=False)
         eval_batch = min(training["eval_batch_size"], len(run.valid))
         transform = BatchTransform(
             run.stats, device=run.device, augment=False, channels_last=training["channels_last"]
         )
         with torch.no_grad():
             for _ in predict_logits(
-                run.model, run.valid.x[:eval_batch], transform, batch_size=eval_batch, amp=training["amp"]
+                run.parts.model,
+                run.valid.x[:eval_batch],
+                transform,
+                batch_size=eval_batch,
+                amp=training["amp"],
             ):
                 pass
         if cuda:
@@ -230,7 +233,7 @@ def run_preflight(
         "partition": partition,
         "host": socket.gethostname(),
         "slurm_job_id": provenance.slurm_job_id(),
-        "time": provenance.now_iso(),
+        "time": now_iso(),
         "device": device_record,
         "store": store_record,
         "scratch": scratch_record,
