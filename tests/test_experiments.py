@@ -43,6 +43,7 @@ OPERATIONAL_CHANGES = {
         "device": "cpu",
         "threads": 2,
         "eval_batch_size": 64,
+        "device_resident": True,
     },
     "audit": {"block_size": 7},
     "download": {"base_url": "https://mirror.example.org/pcam", "timeout_s": 5, "retries": 1},

@@ -138,11 +138,13 @@ def coerce_to_schema(value, schema: dict, root: dict | None = None):
     if "$ref" in schema:
         schema = root["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
     wanted = schema.get("type")
-    if isinstance(value, str) and wanted not in (None, "string"):
-        value = _read_text_as(value, wanted)
-    if wanted == "array" and isinstance(value, list) and "items" in schema:
+    types = wanted if isinstance(wanted, list) else [wanted]  # e.g. [string, boolean]
+    for kind in types:
+        if isinstance(value, str) and kind not in (None, "string"):
+            value = _read_text_as(value, kind)
+    if "array" in types and isinstance(value, list) and "items" in schema:
         return [coerce_to_schema(item, schema["items"], root) for item in value]
-    if wanted == "object" and isinstance(value, dict):
+    if "object" in types and isinstance(value, dict):
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties")
         return {
