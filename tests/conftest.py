@@ -62,3 +62,23 @@ def restore_torch_globals():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(deterministic)
+
+
+def tiny_config(throughput_mode: str) -> dict:
+    """The whole pipeline in about a minute on 2 cores: one grid point, one seed, one epoch, and a
+    one-step throughput study in `throughput_mode`."""
+    return {
+        "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
+        "seeds": [1],
+        "grid": {"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
+        "training": {"epochs": 1, "mlp_hidden": [8]},
+        "evaluate": {"bootstrap": 20},
+        "partitions": {"rome": {"device": "cpu", "cpus": 1, "gpus": 0}},
+        "throughput": {
+            "models": ["mlp"],
+            "batch_sizes": [8],
+            "precisions": ["fp32"],
+            "modes": [throughput_mode],
+            "steps": 1,
+        },
+    }

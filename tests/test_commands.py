@@ -14,25 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, make_workflow_copy
+from conftest import REPO, make_workflow_copy, tiny_config
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")  # the command a user types
-# The whole pipeline in about a minute on 2 cores: one grid point, one seed, one epoch.
-TINY_DEFAULT = {
-    "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
-    "seeds": [1],
-    "grid": {"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
-    "training": {"epochs": 1, "mlp_hidden": [8]},
-    "evaluate": {"bootstrap": 20},
-    "partitions": {"rome": {"device": "cpu", "cpus": 1, "gpus": 0}},
-    "throughput": {
-        "models": ["mlp"],
-        "batch_sizes": [8],
-        "precisions": ["fp32"],
-        "modes": ["data"],
-        "steps": 1,
-    },
-}
+TINY_DEFAULT = tiny_config("data")
 PLAN_LINE = re.compile(r"^(?:(?:local)?rule \w+:|    (?:output|wildcards|resources|threads): .*)$", re.M)
 
 

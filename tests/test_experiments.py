@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import snakemake, tiny_config
 
 from pcamflow import constants
 from pcamflow.config import operational_keys, validate_config
@@ -15,21 +15,7 @@ from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, experiment_settings, record_experiment
 from pcamflow.layout import EXPERIMENT_FILE, results_root, run_dir
 
-TINY = {
-    "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
-    "seeds": [1],
-    "grid": {"model": ["mlp"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
-    "training": {"epochs": 1, "mlp_hidden": [8]},
-    "evaluate": {"bootstrap": 20},
-    "partitions": {"rome": {"device": "cpu", "cpus": 1, "gpus": 0}},
-    "throughput": {
-        "models": ["mlp"],
-        "batch_sizes": [8],
-        "precisions": ["fp32"],
-        "modes": ["train"],
-        "steps": 1,
-    },
-}
+TINY = tiny_config("train")
 # runs, summary, evaluation, the bundle and the throughput study: every rule whose params could hold
 # a training setting
 TARGETS = ("results/summary/metrics_avg.csv", "results/handover.tar.gz", "results/summary/throughput.csv")

@@ -27,7 +27,7 @@ from pcamflow.rundir import (
     TENSORBOARD,
 )
 
-log = logging.getLogger("pcamflow.runstatus")
+log = logging.getLogger(__name__)
 
 DONE, FAILED = "done", "failed"
 # Attempts a training job gets (Snakemake's retries + 1), handed from the controller to jobs it
