@@ -58,7 +58,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="baseline DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="pipeline (torch) threads")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per figure (median)")
-    parser.add_argument("--data-images", type=int, default=4000, help="images per pipeline measurement")
+    parser.add_argument(
+        "--data-images",
+        type=int,
+        default=16000,
+        help="images per pipeline measurement (a measurement of 0.1 s or less jumps with the machine)",
+    )
     parser.add_argument("--naive-steps", type=int, default=20, help="timed batches per baseline measurement")
     parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=30, help="timed CNN training steps")

@@ -254,6 +254,16 @@ def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, sp
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("size", [1, 5, 16, 24])  # 16, 24: 8x8-block transposes; 1, 5: element by element
+def test_compiled_cpu_transform_handles_other_tile_sizes_bit_for_bit(store, size):
+    x = torch.from_numpy(np.random.default_rng(size).integers(0, 256, (24, size, size, 3), dtype=np.uint8))
+    stats = load_stats(store)
+    compiled, torch_ops = BatchTransform(stats), BatchTransform(stats, compiled=False)
+    a = compiled.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
+    b = torch_ops.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
+    assert a.shape == (24, 3, size, size) and torch.equal(a, b)
+
+
 @pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize(
     "options",
