@@ -19,9 +19,7 @@ from pcamflow.errors import EXIT_PREEMPTED, PcamflowError
 from pcamflow.rundir import LAST_CHECKPOINT, RUN_FILES, TENSORBOARD
 from pcamflow.training import job, runstatus
 
-OOM_REASON = (
-    "killed by signal SIGKILL (out of memory? check the job's memory request, resources.mem_mb / sacct MaxRSS)"
-)
+OOM_REASON = "killed by signal SIGKILL (out of memory? check the job's memory request, resources.mem_mb / sacct MaxRSS)"
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +67,9 @@ def supervise_and_kill(config, tmp_path, *, attempt, attempts):
     """Run the job with a supervisor in a thread; SIGKILL its child once it has checkpointed a step."""
     state = tmp_path / "state" / LAST_CHECKPOINT
     before = state.stat().st_mtime_ns if state.exists() else 0
-    kwargs = dict(attempt=attempt, attempts=attempts, live_dir=tmp_path / "live", log_path=tmp_path / "train.log")
+    kwargs = dict(
+        attempt=attempt, attempts=attempts, live_dir=tmp_path / "live", log_path=tmp_path / "train.log"
+    )
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(job.supervise_training, config, tmp_path / "out", tmp_path / "state", **kwargs)
         wait_for_new_checkpoint(state, before, future)
@@ -107,7 +107,9 @@ def test_the_childs_exit_code_and_its_one_line_reach_the_job(store, tmp_path, ca
         )
     assert stop.value.code == 1
     terminal = capfd.readouterr().err.splitlines()
-    assert len(terminal) == 1 and terminal[0].startswith("pcamflow: error: unexpected TrainingDiverged: training")
+    assert len(terminal) == 1 and terminal[0].startswith(
+        "pcamflow: error: unexpected TrainingDiverged: training"
+    )
     assert "Traceback" in (tmp_path / "log").read_text()  # the details in the log, as before
     assert not (tmp_path / "out" / "run.json").exists()
 
@@ -130,7 +132,12 @@ def test_a_sigterm_to_the_job_reaches_the_training_which_checkpoints_and_exits_7
     sender.start()
     with pytest.raises(SystemExit) as stop:  # the supervisor runs in the main thread, as in a rule's script
         job.supervise_training(
-            run_config(store), tmp_path / "out", state.parent, attempt=1, attempts=1, log_path=tmp_path / "log"
+            run_config(store),
+            tmp_path / "out",
+            state.parent,
+            attempt=1,
+            attempts=1,
+            log_path=tmp_path / "log",
         )
     sender.join()
     assert stop.value.code == EXIT_PREEMPTED
