@@ -63,8 +63,8 @@ def wait_for_new_checkpoint(state: Path, before: int, future) -> None:
         time.sleep(0.05)
 
 
-def supervise_and_kill(config, tmp_path, *, attempt, attempts):
-    """Run the job with a supervisor in a thread; SIGKILL its child once it has checkpointed a step."""
+def supervise_and_kill(config, tmp_path, *, attempt, attempts, sig=signal.SIGKILL):
+    """Run the job with a supervisor in a thread; kill its child once it has checkpointed a step."""
     state = tmp_path / "state" / LAST_CHECKPOINT
     before = state.stat().st_mtime_ns if state.exists() else 0
     kwargs = dict(
@@ -73,7 +73,7 @@ def supervise_and_kill(config, tmp_path, *, attempt, attempts):
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(job.supervise_training, config, tmp_path / "out", tmp_path / "state", **kwargs)
         wait_for_new_checkpoint(state, before, future)
-        os.kill(training_child(), signal.SIGKILL)
+        os.kill(training_child(), sig)
         return future.result(timeout=120)
 
 
@@ -97,6 +97,17 @@ def test_a_training_process_killed_by_sigkill_is_retried_then_recorded_as_failed
     assert json.loads((out / "history.json").read_text())["status"] == "failed"
     log = (tmp_path / "train.log").read_text()
     assert "resuming from" in log  # the second attempt's child continued the first one's training
+
+
+def test_a_crash_in_native_code_is_recorded_with_the_python_stack_in_the_log(store, tmp_path):
+    supervise_and_kill(run_config(store), tmp_path, attempt=1, attempts=1, sig=signal.SIGSEGV)
+    failure = runstatus.run_status(tmp_path / "out")["failure"]
+    assert (
+        failure["reason"]
+        == "killed by signal SIGSEGV (a crash in native code; the log holds the Python stack)"
+    )
+    log = (tmp_path / "train.log").read_text()
+    assert "Fatal Python error: Segmentation fault" in log and "pcamflow/training/train.py" in log
 
 
 def test_the_childs_exit_code_and_its_one_line_reach_the_job(store, tmp_path, capfd):

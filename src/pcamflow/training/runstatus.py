@@ -6,6 +6,15 @@ The contract (shared with `pcamflow status`): a run's `run.json` holds `"status"
 plus one) still writes every declared output, marked failed, so the summaries, the champion, the
 evaluation and the report are built from the runs that succeeded instead of the whole sweep
 stopping. Earlier attempts fail as usual, so Snakemake retries them first.
+
+What is covered: an exception in training (divergence, CUDA out of memory, a bug), a SIGTERM at a
+Slurm time limit (Preempted), and, in the workflow, a training process killed by a signal (the OOM
+killer's SIGKILL, SIGSEGV/SIGBUS in native code, kill -9): the rule's script trains in a child
+process (pcamflow.training.job) and records that case itself, with write_failed_run as here. Not
+covered: a job whose supervisor dies too (the node fails, the whole job is killed): nothing can
+write a record, so Snakemake's attempts retry it (resuming from the state dir) and, after the
+last, the job fails; `pcamflow status` then shows the run as interrupted (started, no run.json),
+and the next invocation resumes it.
 """
 
 from __future__ import annotations
