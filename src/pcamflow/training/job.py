@@ -19,6 +19,7 @@ import contextlib
 import copy
 import ctypes
 import faulthandler
+import inspect
 import json
 import logging
 import os
@@ -73,33 +74,22 @@ def killed_reason(signum: int) -> str:
     return f"killed by signal {name}" + (f" ({hint})" if hint else "")
 
 
-def supervise_training(
-    run_config: dict,
-    out_dir: str | os.PathLike,
-    state_dir: str | os.PathLike,
-    *,
-    attempt: int,
-    attempts: int,
-    live_dir: str | os.PathLike | None = None,
-    log_path: str | os.PathLike | None = None,
-) -> None:
-    """Train the run in a child process (train_or_record_failure there, logging to log_path).
+def supervise_training(*args, log_path: str | os.PathLike | None = None, **kwargs) -> None:
+    """train_or_record_failure(*args, **kwargs) in a child process that logs to log_path.
 
     Returns when the child trained the run or recorded it as failed, and when the child was killed
     by a signal on the last attempt (the run is then recorded as failed here). Raises SystemExit
     with the child's exit code when it failed (it has said why), and PcamflowError when it was
     killed by a signal before the last attempt, so Snakemake retries either.
     """
-    spec = {
-        "run_config": run_config,
-        "out_dir": os.fspath(out_dir),
-        "state_dir": os.fspath(state_dir),
-        "live_dir": os.fspath(live_dir) if live_dir else None,
-        "attempt": attempt,
-        "attempts": attempts,
-        "log": os.fspath(log_path) if log_path else None,
-        "supervisor": os.getpid(),
+    bound = inspect.signature(train_or_record_failure).bind(*args, **kwargs)
+    bound.apply_defaults()
+    job = {
+        name: os.fspath(value) if isinstance(value, os.PathLike) else value
+        for name, value in bound.arguments.items()
     }
+    attempt, attempts = job["attempt"], job["attempts"]
+    spec = {"job": job, "log": os.fspath(log_path) if log_path else None, "supervisor": os.getpid()}
     with SignalForwarder() as forwarder:
         child = subprocess.Popen(
             [sys.executable, "-m", __name__], stdin=subprocess.PIPE, env=_child_env(), start_new_session=True
@@ -121,7 +111,7 @@ def supervise_training(
     if attempt < attempts:
         raise PcamflowError(f"training {reason}; attempt {attempt} of {attempts}, so it is retried")
     log.error("attempt %d of %d: training %s; recording the run as failed", attempt, attempts, reason)
-    write_failed_run(out_dir, state_dir, run_config, reason, attempt)
+    write_failed_run(job["out_dir"], job["state_dir"], job["run_config"], reason, attempt)
 
 
 class SignalForwarder:
@@ -185,15 +175,8 @@ def child_main() -> None:
 
 
 def _train(spec: dict) -> None:
-    check_injected_signal(spec["out_dir"])
-    train_or_record_failure(
-        spec["run_config"],
-        spec["out_dir"],
-        spec["state_dir"],
-        attempt=spec["attempt"],
-        attempts=spec["attempts"],
-        live_dir=spec["live_dir"],
-    )
+    check_injected_signal(spec["job"]["out_dir"])
+    train_or_record_failure(**spec["job"])
 
 
 def _stop_with_supervisor(supervisor: int) -> None:
