@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, snakemake
 
-from pcamflow.training.runstatus import INJECT_ENV
+from pcamflow.training.runstatus import INJECT_ENV, INJECT_SIGNAL_ENV
 
 # Two grid points (lr 0.001 and 0.01), one seed, one epoch: the smallest sweep with a champion.
 TINY = {
@@ -96,3 +96,29 @@ def test_a_run_failing_every_attempt_is_named_and_a_retry_trains_only_it(workflo
     assert (
         snakemake(workflow_dir, OVERVIEW, "-n", "--configfile", "tiny.yaml").stdout.count("rule train") == 0
     )
+
+
+@pytest.mark.slow
+def test_a_run_whose_training_is_killed_by_sigkill_on_every_attempt_is_recorded_and_the_rest_summarised(
+    workflow_dir,
+):
+    (workflow_dir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    # the training process of lr 0.01 is SIGKILLed on both attempts, as the OOM killer does
+    out = run_shell(
+        workflow_dir,
+        f"snakemake {OVERVIEW} --cores 2 --retries 1 --configfile tiny.yaml",
+        **{INJECT_SIGNAL_ENV: f"*{FAILING}"},
+    )
+    print(out.stdout)  # for the record (pytest -s): what the user sees at the end
+    reason = "killed by signal SIGKILL (out of memory? check the job's memory request, resources.mem_mb / sacct MaxRSS)"
+    assert f"{FAILING}: {reason} (2 attempts)" in out.stdout
+    assert "champion   model~mlp/lr~0.001/batch_size~32/optimizer~adam" in out.stdout
+    runs = pd.read_csv(workflow_dir / "results/summary/runs.csv")
+    failed = runs.loc[runs["status"] == "failed"]
+    print(failed.to_csv(index=False))
+    assert failed["run_dir"].tolist() == [FAILING] and failed["attempts"].tolist() == [2]
+    assert failed["failure_reason"].tolist() == [reason]
+    avg = pd.read_csv(workflow_dir / "results/summary/metrics_avg.csv")
+    assert avg[["lr", "n_seeds", "n_planned"]].values.tolist() == [[0.001, 1, 1], [0.01, 0, 1]]
+    log = (workflow_dir / "results/logs/train" / f"{FAILING.removeprefix('results/runs/')}.log").read_text()
+    assert f"attempt 2 of 2: training {reason}; recording the run as failed" in log

@@ -34,10 +34,10 @@ from pcamflow.errors import PcamflowError
 from pcamflow.io import now_iso, write_json
 from pcamflow.throughput.cost import model_cost
 from pcamflow.throughput.usage import allocation
+from pcamflow.training.job import make_run_config
 from pcamflow.training.train import (
     build_run,
     check_amp,
-    make_run_config,
     resolve_device,
     train_step,
     validate_run_config,

@@ -6,6 +6,15 @@ The contract (shared with `pcamflow status`): a run's `run.json` holds `"status"
 plus one) still writes every declared output, marked failed, so the summaries, the champion, the
 evaluation and the report are built from the runs that succeeded instead of the whole sweep
 stopping. Earlier attempts fail as usual, so Snakemake retries them first.
+
+What is covered: an exception in training (divergence, CUDA out of memory, a bug), a SIGTERM at a
+Slurm time limit (Preempted), and, in the workflow, a training process killed by a signal (the OOM
+killer's SIGKILL, SIGSEGV/SIGBUS in native code, kill -9): the rule's script trains in a child
+process (pcamflow.training.job) and records that case itself, with write_failed_run as here. Not
+covered: a job whose supervisor dies too (the node fails, the whole job is killed): nothing can
+write a record, so Snakemake's attempts retry it (resuming from the state dir) and, after the
+last, the job fails; `pcamflow status` then shows the run as interrupted (started, no run.json),
+and the next invocation resumes it.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import signal
 from pathlib import Path
 
 from pcamflow.errors import Preempted, first_line
@@ -36,6 +46,9 @@ ATTEMPTS_ENV = "PCAMFLOW_TRAIN_ATTEMPTS"
 # Fault injection for tests and drills: comma-separated glob patterns; a run whose output directory
 # matches one fails at its start as if it had crashed. Never set in normal use.
 INJECT_ENV = "PCAMFLOW_INJECT_FAILURE"
+# The same for a training process killed by SIGKILL (as by the OOM killer): the workflow's training
+# child (pcamflow.training.job) of a matching run kills itself at its start. Never set in normal use.
+INJECT_SIGNAL_ENV = "PCAMFLOW_INJECT_SIGNAL"
 
 
 class InjectedFailure(RuntimeError):
@@ -59,10 +72,21 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
+def injected(env: str, out_dir: str | os.PathLike) -> bool:
+    """Whether the fault-injection variable `env` names the run in out_dir."""
+    patterns = [p.strip() for p in os.environ.get(env, "").split(",") if p.strip()]
+    return any(fnmatch.fnmatch(os.fspath(out_dir), pattern) for pattern in patterns)
+
+
 def check_injected_failure(out_dir: str | os.PathLike) -> None:
-    patterns = [p.strip() for p in os.environ.get(INJECT_ENV, "").split(",") if p.strip()]
-    if any(fnmatch.fnmatch(os.fspath(out_dir), pattern) for pattern in patterns):
+    if injected(INJECT_ENV, out_dir):
         raise InjectedFailure(f"failure injected by {INJECT_ENV} for {out_dir}")
+
+
+def check_injected_signal(out_dir: str | os.PathLike) -> None:
+    if injected(INJECT_SIGNAL_ENV, out_dir):
+        log.warning("SIGKILL injected by %s for %s", INJECT_SIGNAL_ENV, out_dir)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def train_or_record_failure(

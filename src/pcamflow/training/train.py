@@ -16,7 +16,6 @@ at epoch boundaries).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import math
@@ -58,6 +57,7 @@ from pcamflow.training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from pcamflow.training.job import make_run_config, plain  # noqa: F401 - make_run_config: train's API too
 from pcamflow.training.models import build_model
 
 log = logging.getLogger("pcamflow.training.train")
@@ -96,27 +96,11 @@ def validate_run_config(run_config: dict, source: str = "run config") -> dict:
     """The run config with training defaults filled in; one clear PcamflowError when it is wrong."""
     if not isinstance(run_config, dict):
         raise PcamflowError(f"{source}: expected a mapping of keys to values")
-    cfg = validate(_plain(run_config), run_config_schema(), source)
+    cfg = validate(plain(run_config), run_config_schema(), source)
     for path in store_files(cfg["data"], ("train", "valid")):
         if not path.exists():
             raise PcamflowError(f"{source}: key 'data': {path} missing (run the prepare rule first)")
     return cfg
-
-
-def make_run_config(point: dict, seed: int, training: dict, data: str | os.PathLike) -> dict:
-    """The run config of one (grid point, seed) of the workflow."""
-    return _plain({**point, "seed": seed, "training": copy.deepcopy(training), "data": os.fspath(data)})
-
-
-def _plain(obj):
-    """numpy scalars (e.g. from a Paramspace row) -> Python values, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 # ---------------------------------------------------------------- reproducibility and device
