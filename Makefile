@@ -12,8 +12,9 @@ PYTHON ?= python3
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
+# --durations: the slowest tests in CI's log, to keep the suite's time in view
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=15
 
 check: $(STAMP) lint
 	$(BIN)/pytest -q -m "not slow and not slurm and not browser"
@@ -26,10 +27,11 @@ lint: $(STAMP)
 
 install: $(STAMP)
 
+# --no-compile: Python compiles a module when it is first imported, so the install skips all of torch's
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-compile -e '.[test]'
 	touch $@
 
 # Debian packages the tests use (headless Chromium, a single-node Slurm); skipped when present.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -27,11 +29,36 @@ def workflow_dir(tmp_path) -> Path:
     return make_workflow_copy(tmp_path / "wf")
 
 
+# The run of the test config that fails on every attempt in finished_test_sweep (fault injection).
+TEST_SWEEP_FAILING_RUN = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~2"
+
+
+@pytest.fixture(scope="session")
+def finished_test_sweep(tmp_path_factory) -> Path:
+    """The whole workflow on config/test.yaml, run once per session in a private copy and shared by
+    the end-to-end tests that only read its outputs (one that changes anything works in
+    copy_workflow(...)). As runs of a real sweep do, one run (TEST_SWEEP_FAILING_RUN) fails on
+    every attempt. The run's terminal output is kept in terminal.txt."""
+    from pcamflow.training.runstatus import INJECT_ENV
+
+    workdir = make_workflow_copy(tmp_path_factory.mktemp("test_sweep") / "wf")
+    with mock.patch.dict(os.environ, {INJECT_ENV: f"*{TEST_SWEEP_FAILING_RUN}"}):
+        run = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+    (workdir / "terminal.txt").write_text(run.stdout)
+    return workdir
+
+
+def copy_workflow(workdir: Path, dest: Path) -> Path:
+    """A copy of a workflow directory with its results and Snakemake's records (mtimes kept)."""
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
 def snakemake(
-    workdir: Path, *args: str, check: bool = True, timeout: float = 1200
+    workdir: Path, *args: str, check: bool = True, timeout: float = 1200, launcher=("-m", "snakemake")
 ) -> subprocess.CompletedProcess:
     """Run Snakemake in workdir with this interpreter; on failure show its output."""
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), *args]
+    cmd = [sys.executable, *launcher, "--directory", str(workdir), *args]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:

@@ -58,7 +58,8 @@ def _sorted_items(line: str) -> str:
 def test_the_readme_commands_work_as_typed(repo_root):
     # plan, locally and on Snellius (no cluster here: a dry run is all that can run)
     assert "rule train:" in typed(repo_root, "-n").stdout
-    slurm = {"SLURM_CONF": "/nonexistent/slurm.conf", "SBATCH_ACCOUNT": ""}
+    # an empty Slurm config: any Slurm command fails at once (a missing one: each retries for a minute)
+    slurm = {"SLURM_CONF": "/dev/null", "SBATCH_ACCOUNT": ""}
     snellius = typed(repo_root, "-n", "--profile", "profiles/snellius", env=slurm).stdout
     assert re.search(r"rule train:(\n    .*)*\n    resources: .*slurm_partition=gpu_a100", snellius)
     # the workflow profile leaves the Snellius profile as it is (threads and resources included)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import snakemake
+from conftest import copy_workflow, snakemake
 from pcam_fixtures import write_raw_dir
 
 from pcamflow import constants
@@ -29,8 +29,9 @@ def test_dry_run_of_the_default_config_plans_the_data_rules(workflow_dir):
 
 
 @pytest.mark.slow
-def test_data_rules_write_audits_and_a_clean_store(workflow_dir):
-    snakemake(workflow_dir, MANIFEST, "--cores", "2", "--configfile", "config/test.yaml")
+def test_data_rules_write_audits_and_a_clean_store(finished_test_sweep, tmp_path):
+    # the data rules' outputs of the whole workflow on the test config (conftest), in a copy of its own
+    workflow_dir = copy_workflow(finished_test_sweep, tmp_path / "wf")
     for split, n in TEST_SIZES.items():
         audit = read(workflow_dir, f"results/audit/{split}.json")
         assert audit["n_tiles"] == n and audit["dtype"]["x"] == "uint8"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import snakemake, tiny_config
+from conftest import copy_workflow, snakemake
 
 from pcamflow import constants
 from pcamflow.config import operational_keys, validate_config
@@ -15,7 +15,7 @@ from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, experiment_settings, record_experiment
 from pcamflow.layout import EXPERIMENT_FILE, results_root, run_dir
 
-TINY = tiny_config("train")
+CONFIG = ("--configfile", "config/test.yaml")
 # runs, summary, evaluation, the bundle and the throughput study: every rule whose params could hold
 # a training setting
 TARGETS = ("results/summary/metrics_avg.csv", "results/handover.tar.gz", "results/summary/throughput.csv")
@@ -53,10 +53,11 @@ def as_override(section: str, settings: dict) -> str:
 
 
 @pytest.mark.slow
-def test_another_experiment_never_touches_a_finished_one_and_operational_keys_rerun_nothing(workflow_dir):
-    (workflow_dir / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    tiny = ("--configfile", "tiny.yaml")
-    snakemake(workflow_dir, "--cores", "2", *TARGETS, *tiny)
+def test_another_experiment_never_touches_a_finished_one_and_operational_keys_rerun_nothing(
+    finished_test_sweep, tmp_path
+):
+    # the whole workflow, finished on the test config (conftest), in a copy of its own
+    workflow_dir = copy_workflow(finished_test_sweep, tmp_path / "wf")
     results = workflow_dir / "results"
     first = snapshot(results)
     assert EXPERIMENT_FILE in first and "handover.tar.gz" in first
@@ -64,13 +65,13 @@ def test_another_experiment_never_touches_a_finished_one_and_operational_keys_re
     # every operational key changed: nothing to do, and a real run touches nothing
     assert {f"{s}.{k}" for s, keys in OPERATIONAL_CHANGES.items() for k in keys} == set(operational_keys())
     changed = ("--config", *(as_override(s, keys) for s, keys in OPERATIONAL_CHANGES.items()))
-    assert "Nothing to be done" in snakemake(workflow_dir, "-n", *TARGETS, *tiny, *changed).stdout
-    snakemake(workflow_dir, "--cores", "2", *TARGETS, *tiny, *changed)
+    assert "Nothing to be done" in snakemake(workflow_dir, "-n", *TARGETS, *CONFIG, *changed).stdout
+    snakemake(workflow_dir, "--cores", "2", *TARGETS, *CONFIG, *changed)
     assert snapshot(results) == first
 
     # other data in the same results root: refused before any job, in one line naming key and remedy
     other_seed = ("--config", "synthetic={seed: 1}")
-    proc = snakemake(workflow_dir, "--cores", "2", *TARGETS, *tiny, *other_seed, check=False)
+    proc = snakemake(workflow_dir, "--cores", "2", *TARGETS, *CONFIG, *other_seed, check=False)
     assert proc.returncode != 0
     assert (
         "results/experiment.json: the results in results/ were made with synthetic.seed=0, "
@@ -79,15 +80,16 @@ def test_another_experiment_never_touches_a_finished_one_and_operational_keys_re
     )
     assert snapshot(results) == first
 
-    # under its own name it runs beside the first, which stays byte for byte as it was
+    # under its own name it runs beside the first (one of its runs here), which stays byte for byte
+    grid = yaml.safe_load((workflow_dir / "config" / "test.yaml").read_text())["grid"]
+    point = {key: values[0] for key, values in grid.items()}
+    second_run = run_dir(results_root("seed1"), point, 1)
     snakemake(
-        workflow_dir, "--cores", "2", "results/seed1/summary/metrics_avg.csv", *tiny, *other_seed[:-1],
+        workflow_dir, "--cores", "2", f"{second_run}/history.json", *CONFIG, *other_seed[:-1],
         "synthetic={seed: 1}", "experiment=seed1",
     )  # fmt: skip
     after = snapshot(results)
     assert {name: v for name, v in after.items() if not name.startswith("seed1/")} == first
-    point = {key: values[0] for key, values in TINY["grid"].items()}
-    second_run = run_dir(results_root("seed1"), point, 1)
     assert (workflow_dir / second_run / "checkpoint_best.pt").exists()
     assert (workflow_dir / second_run / "checkpoint_best.pt").read_bytes() != (
         workflow_dir / run_dir(results_root("default"), point, 1) / "checkpoint_best.pt"

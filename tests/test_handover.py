@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from bundle_fixtures import make_bundle
-from conftest import pcamflow, snakemake
+from conftest import pcamflow
 
 from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE, META_FILE, load_bundle
 from pcamflow.deployment.handover import HANDOVER_ROOT, LOCK_FILE, write_handover
@@ -60,11 +60,11 @@ def test_handover_refuses_a_damaged_bundle(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_and_bundle_rules_on_the_test_config(workflow_dir, tmp_path):
+def test_export_and_bundle_rules_on_the_test_config(finished_test_sweep, tmp_path):
     """The bundle's model reproduces the evaluation's probabilities of the deployed checkpoint, its
-    threshold is the evaluation's, and the card reports the evaluation's numbers."""
-    snakemake(workflow_dir, "results/handover.tar.gz", "--cores", "2", "--configfile", "config/test.yaml")
-    results = workflow_dir / "results"
+    threshold is the evaluation's, and the card reports the evaluation's numbers (the whole workflow
+    on the test config: conftest.finished_test_sweep)."""
+    results = finished_test_sweep / "results"
     root = _extract(results / "handover.tar.gz", tmp_path / "handover")
     evaluation = json.loads((results / "summary" / "evaluate.json").read_text())
     deploy = evaluation["deploy"]

@@ -241,7 +241,8 @@ def key_values(text: str) -> dict:
 
 @pytest.mark.parametrize("name", ["snellius", "snellius-h100", "snellius-course"])
 def test_dry_run_plans_every_job_on_its_partition_without_a_cluster(name, workflow_dir, monkeypatch):
-    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")  # any Slurm command would fail
+    # an empty config: any Slurm command fails at once (a missing one: each retries for a minute)
+    monkeypatch.setenv("SLURM_CONF", "/dev/null")
     monkeypatch.delenv("SBATCH_ACCOUNT", raising=False)
     profile = parse_profile(PROFILES / name / "config.yaml")
     args = ("-n", "--profile", f"profiles/{name}", "--configfile", "config/test.yaml")

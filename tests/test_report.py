@@ -19,17 +19,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from conftest import REPO, make_workflow_copy, snakemake
-
-from pcamflow.training.runstatus import INJECT_ENV
+from conftest import REPO, TEST_SWEEP_FAILING_RUN, snakemake
 
 CONFIG = "config/test.yaml"
 CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput", "cost"}
 # one run of the test config fails on every attempt (fault injection), as runs of a real sweep do
-FAILING_RUN = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~2"
+FAILING_RUN = TEST_SWEEP_FAILING_RUN
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_FLAGS = (
     "--headless",
@@ -67,15 +64,11 @@ with SnakemakeApi(OutputSettings()) as api:
 
 
 @pytest.fixture(scope="module")
-def finished_report(tmp_path_factory) -> Path:
-    """The whole workflow run on the test config in a private copy (one run failing on every attempt),
-    then its report built. The run's terminal output is kept in terminal.txt."""
-    workdir = make_workflow_copy(tmp_path_factory.mktemp("report") / "wf")
-    with mock.patch.dict(os.environ, {INJECT_ENV: f"*{FAILING_RUN}"}):
-        run = snakemake(workdir, "--cores", "2", "--configfile", CONFIG)
-    (workdir / "terminal.txt").write_text(run.stdout)
-    snakemake(workdir, "--configfile", CONFIG, "--report", "report.html")
-    return workdir
+def finished_report(finished_test_sweep) -> Path:
+    """The whole workflow run on the test config (conftest; one run failing on every attempt), then
+    its report built. The run's terminal output is kept in terminal.txt."""
+    snakemake(finished_test_sweep, "--configfile", CONFIG, "--report", "report.html")
+    return finished_test_sweep
 
 
 def report_variable(html: str, name: str, script_id: str | None = None):

@@ -51,6 +51,8 @@ SACCT_FIELDS = (
 )
 # Faster than the profile's 40 s before the first status check; Slurm itself is untouched.
 FAST_POLLING = ("--slurm-init-seconds-before-status-checks", "2")
+# ... and as fast for every later check: the controller is Snakemake run by this launcher.
+STEADY_POLLING = (str(SLURM_TESTS / "steady_polling.py"),)
 # A 2-core machine cannot give a job 18 threads; every other setting is the profile's.
 ONE_THREAD = ("--set-threads", "train=1")
 
@@ -164,6 +166,7 @@ def test_workflow_runs_every_job_through_slurm_on_the_profiles_partitions(slurm_
             "profiles/snellius",
             *ONE_THREAD,
             *FAST_POLLING,
+            launcher=STEADY_POLLING,
         )
         local.result()
     log = out.stdout + out.stderr
@@ -309,6 +312,7 @@ def test_failing_preflight_stops_the_sweep_before_any_training_job_is_submitted(
             *ONE_THREAD,
             *FAST_POLLING,
             check=False,
+            launcher=STEADY_POLLING,
         )
     finally:
         scratch.unlink()
@@ -336,7 +340,14 @@ def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_reques
     stays PENDING (reason PartitionConfig): it would never start."""
     wf = workflow_with_data(prepared_results, tmp_path / "wf")
     common = ("--configfile", "config/test.yaml", *FAST_POLLING)
-    out = snakemake(wf, history_target("cnn", 1), "--profile", "profiles/snellius-course", *common)
+    out = snakemake(
+        wf,
+        history_target("cnn", 1),
+        "--profile",
+        "profiles/snellius-course",
+        *common,
+        launcher=STEADY_POLLING,
+    )
     jobs = slurm_env.sacct(submitted_job_ids(out.stdout + out.stderr))
     assert sorted(rule_of(job["Comment"], {}) for job in jobs) == ["preflight", "train"]
     for job in jobs:
@@ -348,7 +359,7 @@ def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_reques
     assert "reading the shared copy" in next(train_log).read_text()
 
     # the main profile's request on the same partition (one site setting changed, nothing copied)
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(wf), history_target("cnn", 2)]
+    cmd = [sys.executable, *STEADY_POLLING, "--directory", str(wf), history_target("cnn", 2)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PCAMFLOW_SITE_GPU_PARTITION="gpu_course")
     main = subprocess.Popen(
         [*cmd, "--profile", "profiles/snellius", *ONE_THREAD, *common],
@@ -414,7 +425,7 @@ def calibrated_epochs(wf: Path, config: dict, tmp_path: Path, target_s: float) -
 
 
 def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted_run(
-    slurm_env, tmp_path, monkeypatch
+    slurm_env, prepared_results, tmp_path, monkeypatch
 ):
     """A 1-minute limit (SIGTERM 10 s before it): Slurm stops the job, the retry gets 2 minutes and
     resumes from the checkpoint. With Slurm's 30 s timer the signal comes 10-40 s before the limit,
@@ -423,11 +434,10 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
     config.update(
         seeds=[1], grid={"model": ["cnn"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]}
     )
-    local_wf, slurm_wf = make_workflow_copy(tmp_path / "local"), make_workflow_copy(tmp_path / "slurm")
+    # the same data in both: only training on Slurm
+    local_wf = workflow_with_data(prepared_results, tmp_path / "local")
+    slurm_wf = workflow_with_data(prepared_results, tmp_path / "slurm")
     config_file = tmp_path / "timelimit.yaml"
-    config_file.write_text(yaml.safe_dump(config, sort_keys=False))  # grid order = path order
-    snakemake(local_wf, "results/prepared/manifest.json", "--cores", "2", "--configfile", str(config_file))
-    shutil.copytree(local_wf / "results", slurm_wf / "results")  # the same data: only training on Slurm
     config["training"]["epochs"] = calibrated_epochs(local_wf, config, tmp_path, target_s=80)
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))  # grid order = path order
     for wf in (local_wf, slurm_wf):  # the epochs changed on purpose (README: Experiments)
@@ -448,6 +458,7 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
             str(config_file),
             *ONE_THREAD,
             *FAST_POLLING,
+            launcher=STEADY_POLLING,
         )
         local.result()
 
@@ -461,18 +472,18 @@ def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted
     assert_same_training(run_dir(local_wf, "cnn", 1), run_dir(slurm_wf, "cnn", 1))
 
 
-def test_status_names_the_slurm_job_of_each_running_training_run(slurm_env, tmp_path):
+def test_status_names_the_slurm_job_of_each_running_training_run(slurm_env, prepared_results, tmp_path):
     """`pcamflow status` beside a controller that trains through Slurm: squeue's job id and elapsed time."""
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     config.update(
         seeds=[1], grid={"model": ["cnn"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]}
     )
     config["training"]["epochs"] = 6  # long enough to be seen running
-    wf = make_workflow_copy(tmp_path / "wf")
+    wf = workflow_with_data(prepared_results, tmp_path / "wf")
     (wf / "status.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # grid order = path order
-    snakemake(wf, "--cores", "2", "--configfile", "status.yaml", "--", "results/prepared/manifest.json")
+    (wf / "results" / "experiment.json").unlink()  # the epochs changed on purpose (README: Experiments)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/snellius", *ONE_THREAD, *FAST_POLLING]
+    cmd = [sys.executable, *STEADY_POLLING, "--profile", "profiles/snellius", *ONE_THREAD, *FAST_POLLING]
     cmd += ["--configfile", "status.yaml", "--", history_target("cnn", 1)]
     controller = subprocess.Popen(
         cmd, cwd=wf, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -499,7 +510,9 @@ def test_status_names_the_slurm_job_of_each_running_training_run(slurm_env, tmp_
     assert re.search(r"^  seed 1 +done +val_auc \d\.\d{4} \(epoch \d\)$", final, re.M), final
 
 
-def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempts(slurm_env, tmp_path):
+def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempts(
+    slurm_env, prepared_results, tmp_path
+):
     """The profile's retries reach the job: a run that fails in all three Slurm jobs (retries: 2) is
     recorded as failed after the third, not the first, so the sweep goes on."""
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
@@ -509,8 +522,8 @@ def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempt
     config["training"]["epochs"] = 1
     config_file = tmp_path / "failing.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    wf = make_workflow_copy(tmp_path / "slurm")
-    snakemake(wf, "results/prepared/manifest.json", "--cores", "2", "--configfile", str(config_file))
+    wf = workflow_with_data(prepared_results, tmp_path / "slurm")
+    (wf / "results" / "experiment.json").unlink()  # the epochs changed on purpose (README: Experiments)
     target = history_target("mlp", 1)
     os.environ[INJECT_ENV] = "*/seed~1"  # sbatch exports the controller's environment to the job
     try:
@@ -523,6 +536,7 @@ def test_a_run_failing_every_slurm_attempt_is_recorded_with_the_profiles_attempt
             str(config_file),
             *ONE_THREAD,
             *FAST_POLLING,
+            launcher=STEADY_POLLING,
         )
     finally:
         del os.environ[INJECT_ENV]

@@ -18,12 +18,12 @@ from test_train_workflow import training_script_pid
 from pcamflow.evaluation.status import slurm_comment
 from pcamflow.layout import results_root, run_dir, train_log
 
-# Two grid points (a quick MLP, a slower CNN) x two seeds.
+# Two grid points (a quick MLP, a slower CNN) x two seeds; one epoch (the running job is held still).
 SWEEP = {
-    "synthetic": {"n_train": 600, "n_valid": 100, "n_test": 100},
+    "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
     "seeds": [1, 2],
     "grid": {"model": ["mlp", "cnn"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
-    "training": {"epochs": 3, "mlp_hidden": [8], "cnn_width": 8},
+    "training": {"epochs": 1, "mlp_hidden": [8], "cnn_width": 8},
 }
 FAILURE = {"reason": "loss became NaN in epoch 1 (lr too high?)", "attempts": 3}
 

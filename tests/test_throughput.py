@@ -144,9 +144,8 @@ def test_each_partition_job_asks_slurm_for_that_partition(workflow_dir):
 
 
 @pytest.mark.slow
-def test_throughput_stage_on_the_test_config(workflow_dir):
-    targets = ["results/summary/throughput.csv", "results/summary/throughput_scaling.png"]
-    snakemake(workflow_dir, "--cores", "2", "--configfile", "config/test.yaml", "--", *targets)
+def test_throughput_stage_on_the_test_config(finished_test_sweep):
+    workflow_dir = finished_test_sweep  # the whole workflow on the test config (conftest)
     rows = pd.read_csv(workflow_dir / "results/summary/throughput.csv", keep_default_na=False)
     rome = rows[rows["partition"] == "rome"]
     # config/test.yaml: cnn, batch 8, fp32, modes data, naive and train
