@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,18 @@ def make_workflow_copy(dest: Path) -> Path:
         if (REPO / part).exists():
             (dest / part).symlink_to(REPO / part)
     return dest
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """A test that runs the CLI or a rule script in-process configures the root logger with a
+    handler on that test's captured stderr, which pytest closes afterwards: later tests would log
+    "--- Logging error ---" tracebacks into their own captured output. Each test gets the root
+    logger back as it found it."""
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
 
 
 @pytest.fixture

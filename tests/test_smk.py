@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -42,3 +43,17 @@ def test_a_full_disk_says_so_and_names_the_file(tmp_path, capsys):
     assert code == 1 and terminal.count("\n") == 1
     assert terminal.startswith("pcamflow: error: no space left on device writing /dev/full"), terminal
     assert "Traceback" in log
+
+
+def test_the_root_logger_is_not_left_on_the_closed_rule_log(tmp_path, capfd):
+    """A caller that goes on after a rule script (a test, the training job's supervisor) still logs."""
+    before = logging.root.handlers[:]
+
+    def logs(smk):
+        logging.getLogger("pcamflow.demo").info("into the rule log")
+
+    run_script(SimpleNamespace(log=[str(tmp_path / "rule.log")], rule="demo"), logs)
+    logging.getLogger("pcamflow.demo").warning("after the script")
+    assert logging.root.handlers == before
+    assert "into the rule log" in (tmp_path / "rule.log").read_text()
+    assert "Logging error" not in capfd.readouterr().err

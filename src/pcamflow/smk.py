@@ -22,7 +22,7 @@ def run_script(snakemake, main: Callable[[object], None]) -> None:
     says so and names the file.
     """
     log_path = snakemake.log[0] if len(snakemake.log) else None
-    terminal = sys.stderr
+    terminal, root_handlers = sys.stderr, logging.root.handlers[:]
     with contextlib.ExitStack() as stack:
         if log_path:
             log_file = stack.enter_context(open(log_path, "a", buffering=1))
@@ -43,6 +43,7 @@ def run_script(snakemake, main: Callable[[object], None]) -> None:
             )
         finally:
             sys.stderr = terminal
+            logging.root.handlers[:] = root_handlers  # not left on the log file this block closes
 
 
 def unexpected_line(exc: BaseException) -> str:
