@@ -75,6 +75,16 @@ def _swap(a, b, round_):
     return a ^ (t << shift), b ^ t
 
 
+@_compiled(inline="always")
+def _swap_pairs(a, b, c, d, e, f, g, h, round_):
+    """`_swap` on the four row pairs (a, b), (c, d), (e, f), (g, h)."""
+    a, b = _swap(a, b, round_)
+    c, d = _swap(c, d, round_)
+    e, f = _swap(e, f, round_)
+    g, h = _swap(g, h, round_)
+    return a, b, c, d, e, f, g, h
+
+
 @_compiled()
 def _transpose_blocks(plane, out, size):
     """out = plane transposed, both (size * size,) uint8 with size a multiple of BLOCK: each 8x8
@@ -87,18 +97,10 @@ def _transpose_blocks(plane, out, size):
             a0, a1, a2, a3 = src[at], src[at + words], src[at + _U(2) * words], src[at + _U(3) * words]
             a4, a5 = src[at + _U(4) * words], src[at + _U(5) * words]
             a6, a7 = src[at + _U(6) * words], src[at + _U(7) * words]
-            a0, a4 = _swap(a0, a4, _R32)
-            a1, a5 = _swap(a1, a5, _R32)
-            a2, a6 = _swap(a2, a6, _R32)
-            a3, a7 = _swap(a3, a7, _R32)
-            a0, a2 = _swap(a0, a2, _R16)
-            a1, a3 = _swap(a1, a3, _R16)
-            a4, a6 = _swap(a4, a6, _R16)
-            a5, a7 = _swap(a5, a7, _R16)
-            a0, a1 = _swap(a0, a1, _R8)
-            a2, a3 = _swap(a2, a3, _R8)
-            a4, a5 = _swap(a4, a5, _R8)
-            a6, a7 = _swap(a6, a7, _R8)
+            # swap rounds between rows 4, 2, then 1 apart: 4x4, 2x2, then 1x1 blocks change places
+            a0, a4, a1, a5, a2, a6, a3, a7 = _swap_pairs(a0, a4, a1, a5, a2, a6, a3, a7, _R32)
+            a0, a2, a1, a3, a4, a6, a5, a7 = _swap_pairs(a0, a2, a1, a3, a4, a6, a5, a7, _R16)
+            a0, a1, a2, a3, a4, a5, a6, a7 = _swap_pairs(a0, a1, a2, a3, a4, a5, a6, a7, _R8)
             at = _U(c) * _U(BLOCK) * words + _U(r)
             dst[at], dst[at + words], dst[at + _U(2) * words], dst[at + _U(3) * words] = a0, a1, a2, a3
             dst[at + _U(4) * words], dst[at + _U(5) * words] = a4, a5
