@@ -17,7 +17,8 @@ raw train file (for the baselines) and the prepared store (for the pipeline and 
 baselines' cost depends on the H5 layout, so they are also timed on a float32 copy of the first
 tiles (the course's copy of PCAM stored float32). Figures are medians of `--repeats` measurements,
 taken in turns (pipeline, baselines, bounds, then again), so a change in the machine's load hits
-them alike; on a shared machine single figures jump by 20% or more.
+them alike; on a shared machine single figures jump by 20% or more. A ratio to a baseline is the
+median of the rounds' ratios, with their range.
 
     .venv/bin/python benchmarks/input_pipeline.py --repeats 5
     .venv/bin/python benchmarks/input_pipeline.py --batch-sizes 1 8 32 128 --repeats 7
@@ -43,6 +44,7 @@ from pcamflow.throughput.measure import BenchSpec, bench_row, train_split
 RESULTS = Path("results")
 COPY_TILES = 1024  # tiles copied into the float32 layout
 GOAL = 30.0  # x the course loader
+MIN_NAIVE_STEPS = 20  # timed batches per baseline measurement, at the least
 BASELINES = {"naive": "course loader (files kept open)", "reopen": "reopen per tile"}
 
 
@@ -64,7 +66,12 @@ def main() -> None:
         default=16000,
         help="images per pipeline measurement (a measurement of 0.1 s or less jumps with the machine)",
     )
-    parser.add_argument("--naive-steps", type=int, default=20, help="timed batches per baseline measurement")
+    parser.add_argument(
+        "--naive-images",
+        type=int,
+        default=1000,
+        help=f"images per baseline measurement (at least {MIN_NAIVE_STEPS} batches)",
+    )
     parser.add_argument("--train-batch-size", type=int, default=64)
     parser.add_argument("--train-steps", type=int, default=30, help="timed CNN training steps")
     args = parser.parse_args()
@@ -82,12 +89,14 @@ def measure(args: argparse.Namespace) -> None:
             f"bounds: 1 thread; img/s, median of {args.repeats} (all figures taken in turns)"
         )
         for batch_size in args.batch_sizes:
-            report(batch_size, median_rates(args, batch_size, layouts))
+            report(batch_size, round_rates(args, batch_size, layouts))
     train_share(args)
 
 
-def median_rates(args: argparse.Namespace, batch_size: int, layouts: dict[str, Path]) -> dict[str, float]:
-    """img/s of every figure at one batch size: the median over `repeats` rounds of all of them."""
+def round_rates(
+    args: argparse.Namespace, batch_size: int, layouts: dict[str, Path]
+) -> dict[str, list[float]]:
+    """img/s of every figure at one batch size, one value per round (`repeats` rounds of all of them)."""
     x = train_split(args.store).x
     rng = np.random.default_rng(0)
     rates = defaultdict(list)
@@ -112,15 +121,18 @@ def median_rates(args: argparse.Namespace, batch_size: int, layouts: dict[str, P
                         workers=args.workers,
                         threads=args.threads,
                         warmup=2,
-                        steps=args.naive_steps,
+                        steps=max(MIN_NAIVE_STEPS, args.naive_images // batch_size),
                     )
                 )
         rates["gather"].append(gather_rate(x, batch_size, args.data_images, rng, to_float=False))
         rates["gather_float"].append(gather_rate(x, batch_size, args.data_images, rng, to_float=True))
-    return {key: statistics.median(values) for key, values in rates.items()}
+    return rates
 
 
-def report(batch_size: int, rates: dict) -> None:
+def report(batch_size: int, rounds: dict[str, list[float]]) -> None:
+    """Median img/s of each figure; a ratio is the median of the rounds' ratios (a round's figures
+    are taken within seconds of each other, so the machine's slower drift cancels), with their range."""
+    rates = {key: statistics.median(values) for key, values in rounds.items()}
     pipeline = rates["pipeline"]
     print(f"batch {batch_size:>4}: pipeline {pipeline:>9,.0f}")
     print(
@@ -128,9 +140,13 @@ def report(batch_size: int, rates: dict) -> None:
         f"{rates['gather_float']:>9,.0f} (pipeline at {pipeline / rates['gather_float']:.2f}x the latter)"
     )
     for (mode, layout), rate in ((k, v) for k, v in rates.items() if isinstance(k, tuple)):
-        ratio = pipeline / rate
+        ratios = [a / b for a, b in zip(rounds["pipeline"], rounds[(mode, layout)], strict=True)]
+        ratio = statistics.median(ratios)
         verdict = f", {'meets' if ratio >= GOAL else 'misses'} {GOAL:.0f}x" if mode == "naive" else ""
-        print(f"            {BASELINES[mode]:<31} {rate:>9,.0f} ({layout}): pipeline {ratio:.1f}x{verdict}")
+        print(
+            f"            {BASELINES[mode]:<31} {rate:>9,.0f} ({layout}): pipeline {ratio:.1f}x "
+            f"(rounds {min(ratios):.1f}-{max(ratios):.1f}x){verdict}"
+        )
 
 
 def gather_rate(x: np.ndarray, batch_size: int, images: int, rng, *, to_float: bool) -> float:

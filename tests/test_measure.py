@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -11,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from pcam_fixtures import write_split
 from torch.utils.data import DataLoader
 from train_fixtures import write_store
@@ -354,3 +358,28 @@ def test_rows_carry_the_slurm_job_node_and_device_model_blank_outside_slurm(monk
     gpu_row = bench.skipped_row(bench.BenchSpec(mode="train", data="store", device="cuda"), "no GPU")
     expected = torch.cuda.get_device_name("cuda") if torch.cuda.is_available() else None
     assert gpu_row["device_model"] == expected
+
+
+def test_input_pipeline_benchmark_prints_the_pipeline_against_both_baselines_and_the_bounds(store, raw_x):
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "input_pipeline.py"),
+            *("--raw-x", str(raw_x), "--store", str(store), "--batch-sizes", "8", "--repeats", "1"),
+            *("--data-images", "16", "--naive-images", "8", "--train-batch-size", "8", "--train-steps", "1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].startswith("batch    8: pipeline")
+    course = [line for line in lines if "course loader (files kept open)" in line]
+    assert len(course) == 2 and all(
+        re.search(r"pipeline \d+\.\dx \(rounds [\d.]+-[\d.]+x\), (meets|misses) 30x", line) for line in course
+    )
+    assert sum("reopen per tile" in line for line in lines) == 2
+    assert any(line.strip().startswith("bounds: uint8 gather") for line in lines)
+    assert lines[-1].startswith("CNN training step, batch 8, fp32:")

@@ -1,10 +1,13 @@
 """The input pipeline: seeded, resumable batches; on-device normalisation and D4; predict_proba."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
 from train_fixtures import write_store
 
+from pcamflow.data import cpu_kernel
 from pcamflow.data.pipeline import (
     D4_SIZE,
     RESIDENT_SHARE,
@@ -262,6 +265,34 @@ def test_compiled_cpu_transform_handles_other_tile_sizes_bit_for_bit(store, size
     a = compiled.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
     b = torch_ops.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
     assert a.shape == (24, 3, size, size) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_kernel_shares_cover_the_batch_once_in_order(parts):
+    affine = _d4_affine(96)
+    for batch in (0, 1, 4, 9, 40):
+        transforms = np.random.default_rng(batch).integers(0, D4_SIZE, batch)
+        shares = [cpu_kernel._share(affine, transforms, part, parts) for part in range(parts)]
+        assert [b for first, end in shares for b in range(first, end)] == list(range(batch))
+
+
+def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_values(store, split):
+    transform = BatchTransform(load_stats(store))
+    x = torch.from_numpy(np.array(split.x[np.arange(40) % len(split.x)]))
+
+    def run(seed):
+        return transform.to_input(x, train=True, generator=torch.Generator().manual_seed(seed))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # 40 tiles: a lone caller shares them with a helper thread
+    try:
+        expected = [run(seed) for seed in range(8)]
+        with ThreadPoolExecutor(2) as pool:  # one caller gets the helper, the other runs on its own
+            for _ in range(5):
+                got = list(pool.map(run, range(8)))
+                assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("batch", [1, 5, 40])

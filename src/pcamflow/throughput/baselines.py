@@ -29,6 +29,7 @@ from pcamflow.data.rawdata import clean_tiles, labels_path, open_split
 # The template normalised with fixed per-channel values; the values do not change the cost.
 TEMPLATE_MEAN = (0.5, 0.5, 0.5)
 TEMPLATE_STD = (0.5, 0.5, 0.5)
+PREFETCH_FACTOR = 2  # batches each DataLoader worker makes ahead: DataLoader's default, as the course ran it
 
 
 class CourseH5Dataset(Dataset):
@@ -102,4 +103,15 @@ def naive_loader(
     `kind` picks the file handling: `naive` (the course's, kept open) or `reopen` (per tile)."""
     dataset = DATASETS[kind](x_path)
     sampler = balanced_sampler(dataset.labels, num_samples, seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        prefetch_factor=PREFETCH_FACTOR if workers else None,
+    )
+
+
+def batches_ahead(workers: int) -> int:
+    """The most batches a loader with `workers` worker processes has made before they are asked for."""
+    return workers * PREFETCH_FACTOR

@@ -293,15 +293,18 @@ def timed_steps(batches: Iterator, step: Callable, *, warmup: int, steps: int, d
 
 
 def measure_naive(spec: BenchSpec) -> Measurement:
-    """The course's loader (`naive`: files kept open; `reopen`: reopened per tile); it draws
-    exactly the batches timed, so no epoch restarts."""
-    from pcamflow.throughput.baselines import naive_loader
+    """The course's loader (`naive`: files kept open; `reopen`: reopened per tile), in one epoch.
+
+    It draws as many batches beyond the timed ones as its workers make ahead, so the clock sees the
+    loader's steady state at both ends: the batches made ahead before the clock starts are matched
+    by those made ahead when it stops (drawing only the timed batches leaves workers idle at the end)."""
+    from pcamflow.throughput.baselines import batches_ahead, naive_loader
 
     loader = naive_loader(
         spec.data,
         spec.batch_size,
         workers=spec.workers,
-        num_samples=(spec.warmup + spec.steps) * spec.batch_size,
+        num_samples=(spec.warmup + spec.steps + batches_ahead(spec.workers)) * spec.batch_size,
         seed=BENCH_SEED,
         kind=spec.mode,
     )
