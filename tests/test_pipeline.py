@@ -295,6 +295,33 @@ def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_v
         torch.set_num_threads(threads)
 
 
+def test_an_interrupted_wait_for_the_helpers_never_leaves_a_later_batch_half_written(
+    store, split, monkeypatch
+):
+    transform = BatchTransform(load_stats(store))
+    x = torch.from_numpy(np.array(split.x[np.arange(40) % len(split.x)]))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
+        helper = cpu_kernel._helpers(1)[0]
+        real_wait = helper.wait
+
+        def interrupted():  # Ctrl-C arrives while the helper still works on its share
+            real_wait()
+            helper._done.release()  # as if the helper finished only after the caller gave up
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(helper, "wait", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
+        assert cpu_kernel._helpers(1)[0] is not helper  # a stale "done" is never taken for the next batch
+        again = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(again, expected)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize(
     "options",

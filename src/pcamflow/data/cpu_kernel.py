@@ -242,7 +242,7 @@ def d4_normalise_threaded(x, idx, transforms, affine, scale, shift, out, height,
         try:
             d4_normalise(*args, 0, parts)
         finally:  # the helpers write into `out`: never return before they are done
-            errors = [helper.wait() for helper in helpers]
+            errors = _wait_for(helpers)
         for error in errors:
             if error is not None:
                 raise error
@@ -280,6 +280,16 @@ class _Helper:
             except BaseException as exc:  # handed to the caller by wait()
                 self._error = exc
             self._done.release()
+
+
+def _wait_for(helpers: list[_Helper]) -> list[BaseException | None]:
+    """Each helper's exception (None: done), once all are done. A wait interrupted (Ctrl-C in a
+    notebook) leaves helpers that may still be writing: they are dropped, later batches get new ones."""
+    try:
+        return [helper.wait() for helper in helpers]
+    except BaseException:
+        _HELPERS.pop(os.getpid(), None)
+        raise
 
 
 _HELPERS_FREE = threading.Lock()  # one batch at a time uses the helpers
