@@ -1,10 +1,6 @@
 # Sweep stage: runs table, mean and std over seeds, the champion (validation only), plots, HParams.
 # Library: pcamflow.evaluation.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
 
-# report labels of a per-grid-point figure: its grid values, read from the wildcards
-GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
-
-
 rule aggregate:
     input:
         histories=all_run_files(rundir.HISTORY),

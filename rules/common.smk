@@ -70,15 +70,17 @@ AUDIT_JSON = str(AUDIT_DIR / constants.AUDIT_FILE)
 AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
 AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
 AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
-PREPARED = RESULTS / "prepared"
+STORE = RESULTS / "prepared"
 GRID_POINT = rundir.point_pattern(GRID_KEYS)  # model~{model}/lr~{lr}/...
+# report labels of a grid point's outputs: its grid values, read from the wildcards
+GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
 RUN_DIR = layout.run_dir_pattern(RESULTS, GRID_KEYS)
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
 STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
 TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
 # live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
 TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
-# the preflight of the training jobs (rules/train.smk): what the node they get can do
+# the preflight of the training jobs (rules/training.smk): what the node they get can do
 PREFLIGHT_NAME = "train"
 PREFLIGHT = str(RESULTS / "preflight" / f"{PREFLIGHT_NAME}.json")
 SUMMARY = RESULTS / "summary"

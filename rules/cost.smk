@@ -20,7 +20,7 @@ rule cost:
         CONDA_ENV
     params:
         rules=lambda wildcards: sorted(rule.name for rule in workflow.rules),
-        store=PREPARED,
+        store=STORE,
         logs=LOGS,
         benchmarks=BENCHMARKS,
     script:

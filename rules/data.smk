@@ -69,7 +69,7 @@ rule prepare:
         audits=expand(AUDIT_JSON, split=SPLITS),
         cross=AUDIT_CROSS,
     output:
-        store_files(PREPARED, SPLITS),
+        store_files(STORE, SPLITS),
     log:
         LOGS / "prepare.log",
     benchmark:
@@ -85,4 +85,4 @@ rule prepare:
 
 
 TARGETS.extend(expand(AUDIT_JSON, split=SPLITS) + expand(AUDIT_PLOT, split=SPLITS))
-TARGETS.extend([AUDIT_CROSS, PREPARED / MANIFEST_FILE])
+TARGETS.extend([AUDIT_CROSS, STORE / MANIFEST_FILE])

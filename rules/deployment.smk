@@ -13,7 +13,7 @@ rule export:
         # the deployed checkpoint is one of these (named in champion.json)
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
         run_records=all_run_files(rundir.RUN_INFO),
-        store=store_files(PREPARED, ["train"]),
+        store=store_files(STORE, ["train"]),
     output:
         files=[BUNDLE_DIR / name for name in BUNDLE_FILES if name != CARD_FILE],
         card=report(
@@ -29,7 +29,7 @@ rule export:
     conda:
         CONDA_ENV
     params:
-        store=PREPARED,
+        store=STORE,
         dataset=config["dataset"],
         tta=config["evaluate"]["tta"],
         drift=config["export"]["drift"],

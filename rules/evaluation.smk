@@ -19,7 +19,7 @@ rule predict_champion:
         champion=CHAMPION_JSON,
         # the champion is one of the grid points: every best checkpoint is a dependency
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
-        store=store_files(PREPARED, ["valid", "test"]),
+        store=store_files(STORE, ["valid", "test"]),
     output:
         PREDICTIONS,
     log:
@@ -30,7 +30,7 @@ rule predict_champion:
         CONDA_ENV
     threads: config["training"]["threads"]
     params:
-        store=PREPARED,
+        store=STORE,
         tta=config["evaluate"]["tta"],  # training.eval_batch_size and .device: read by the script (operational)
     script:
         "../workflow_scripts/predict_champion.py"
@@ -40,7 +40,7 @@ rule evaluate:
     input:
         predictions=PREDICTIONS,
         champion=CHAMPION_JSON,
-        train_labels=array_path(PREPARED, "train", "y"),
+        train_labels=array_path(STORE, "train", "y"),
     output:
         json=report(
             EVALUATE_JSON, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
@@ -71,7 +71,7 @@ rule slices:
     input:
         predictions=PREDICTIONS,
         evaluation=EVALUATE_JSON,
-        store=store_files(PREPARED, ["test"]),
+        store=store_files(STORE, ["test"]),
         audit=AUDIT_JSON.format(split="test"),
         cross=AUDIT_CROSS,
         meta=lambda wc: [TEST_META] if config["dataset"] == "synthetic" or Path(TEST_META).exists() else [],
@@ -97,7 +97,7 @@ rule slices:
     conda:
         CONDA_ENV
     params:
-        store=PREPARED,
+        store=STORE,
         settings=config["slices"],
     script:
         "../workflow_scripts/slices.py"
@@ -108,7 +108,7 @@ rule reproducibility:
         # the run to repeat: reproducibility.run (its twin can train beside the sweep), else the
         # deployed champion run named in champion.json (known once the sweep is done)
         run=[f"{REPRO_ORIGINAL}/{name}" for name in rundir.RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
-        store=store_files(PREPARED, ["train", "valid"]),
+        store=store_files(STORE, ["train", "valid"]),
     output:
         json=report(
             REPRO_JSON,

@@ -7,7 +7,7 @@ from pcamflow.data.store import store_files
 
 rule throughput:
     input:
-        store=store_files(PREPARED, ["train"]),
+        store=store_files(STORE, ["train"]),
         # the course's loader (modes naive and reopen) reads the raw train file
         raw=(raw_files("train") if {"naive", "reopen"} & set(config["throughput"]["modes"]) else []),
     output:
@@ -30,7 +30,7 @@ rule throughput:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["throughput"],
         training=RESULT_TRAINING,
-        store=PREPARED,
+        store=STORE,
     script:
         "../workflow_scripts/throughput.py"
 

@@ -1,6 +1,7 @@
 """Config validation: defaults filled, typos and bad values rejected with a message naming the key."""
 
 import re
+import subprocess
 
 import pytest
 import yaml
@@ -184,3 +185,38 @@ def test_a_wrong_override_is_one_line_naming_the_key(workflow_dir, override, mes
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (workflow_dir / "results").exists()
+
+
+def test_the_schema_exists_once_and_everything_points_to_it():
+    """One schema file: no second copy anywhere in the repository, and no file names another."""
+    from pcamflow.config import SCHEMA_PATH
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    schemas = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                continue
+            if isinstance(data, dict) and (
+                "$schema" in data or data.get("title") == "pcamflow configuration"
+            ):
+                schemas.append(path.resolve())
+    assert schemas == [SCHEMA_PATH.resolve()]
+    schema_name = SCHEMA_PATH.relative_to(REPO / "src").as_posix()  # pcamflow/schema.yaml
+    for name in tracked:
+        path = REPO / name
+        if path.is_file() and path.suffix in (".yaml", ".md", ".py", ".smk", ".rst", ".toml"):
+            for line in path.read_text(errors="replace").splitlines():
+                for mention in re.findall(r"[\w./-]*schema\.yaml", line):
+                    assert mention.endswith(schema_name) or mention == "schema.yaml", (
+                        f"{name}: {line.strip()}"
+                    )

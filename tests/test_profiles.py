@@ -295,3 +295,42 @@ def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profil
         cpu["slurm_partition"]: {"device": "cpu", "cpus": int(cpu["cpus_per_task"]), "gpus": 0},
         gpu["slurm_partition"]: {"device": "cuda", "cpus": int(gpu["cpus_per_task"]), "gpus": 1},
     }
+
+
+WORKFLOW_PROFILE = PROFILES / "default" / "config.yaml"
+LOCAL_SETTINGS = {"cores": "all", "keep-going": "True", "rerun-incomplete": "True"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], LOCAL_SETTINGS),
+        (["-n", "results/summary/metrics_avg.csv"], LOCAL_SETTINGS),
+        (["--profile", "profiles/snellius"], {}),
+        (["--profile=profiles/snellius"], {}),
+        (["--executor", "slurm"], {}),
+        (["-e", "slurm"], {}),
+    ],
+)
+def test_the_workflow_profile_is_local_unless_another_is_named(monkeypatch, argv, expected):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+    assert {k: str(v) for k, v in parse_profile(WORKFLOW_PROFILE).items() if k in LOCAL_SETTINGS} == expected
+    assert parse_profile(PROFILES / "local" / "config.yaml")["cores"] == "all"  # the one source
+
+
+def test_the_workflow_profile_finds_profiles_local_beside_the_snakefile(monkeypatch, tmp_path):
+    # Snakemake finds the workflow profile beside the Snakefile named with -s, from anywhere
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    for argv in (["-s", str(REPO / "Snakefile")], [f"--snakefile={REPO / 'Snakefile'}"]):
+        monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+        assert parse_profile(WORKFLOW_PROFILE)["cores"] == "all"
+    monkeypatch.setenv("SNAKEMAKE_PROFILE", "profiles/snellius")
+    assert "cores" not in parse_profile(WORKFLOW_PROFILE)
+    # a working directory without profiles/local: one line saying what is missing
+    monkeypatch.delenv("SNAKEMAKE_PROFILE")
+    monkeypatch.setattr("sys.argv", ["snakemake"])
+    with pytest.raises(ConfigFileParserException, match=r"profiles/local/config.yaml not found"):
+        parse_profile(WORKFLOW_PROFILE)

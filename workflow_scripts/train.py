@@ -17,7 +17,7 @@ def main(smk):
     # operational keys are not params (changing one must not retrain): read from the config
     training = {**smk.params.training, **operational_settings(smk.config, "training")}
     training["threads"] = smk.threads  # what Snakemake granted (--set-threads)
-    run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.data)
+    run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.store)
     # a Preempted run (checkpointed on SIGTERM/SIGUSR1) exits 75: the retry resumes it
     supervise_training(
         run_config,

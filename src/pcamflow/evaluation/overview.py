@@ -22,7 +22,6 @@ TEST_METRICS = (
     ("recall", "recall", AT_VALIDATION),
     ("accuracy", "accuracy", AT_VALIDATION),
 )
-HEADLINE = ("roc_auc", "f2")  # the metrics the terminal shows
 CHAMPION_PREDICTORS = ("champion", "champion without TTA")
 MAX_LISTED_FAILURES = 20  # the report and terminal name at most this many failed runs, then count the rest
 STATUS_COMMAND = "pcamflow status"
