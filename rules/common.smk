@@ -11,7 +11,7 @@ from pcamflow import constants, layout, rundir
 from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
 from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, record_experiment
-from pcamflow.training.runstatus import ATTEMPTS_ENV
+from pcamflow.training.attempt import ATTEMPTS_ENV
 
 try:
     # --config values arrive as text inside lists and mappings: validation applies the schema's types

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pcamflow.config import operational_settings
 from pcamflow.smk import run_script
-from pcamflow.training.job import make_run_config, supervise_training
+from pcamflow.training.job import supervise_training
+from pcamflow.training.runconfig import make_run_config
 
 
 def main(smk):

@@ -398,7 +398,7 @@ def write_champion_predictions(
     """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
     from pcamflow.data.store import load_split, load_stats, verify_store
     from pcamflow.io import read_json
-    from pcamflow.training.train import resolve_device
+    from pcamflow.training.device import resolve_device
 
     verify_store(store_dir, ("valid", "test"))  # once per job, before reading a tile
     champion = read_json(champion_json)
