@@ -24,7 +24,10 @@ def test_the_end_of_run_message_shows_the_overview_only_while_it_is_current(tmp_
     txt.write_text("pcamflow: the sweep is done.\n")
     failed.write_text("")
     os.utime(runs, (1, 1))
-    assert overview.end_of_run_message(txt, failed, [runs]) == "pcamflow: the sweep is done.\n"
+    message = overview.end_of_run_message(txt, failed, [runs])
+    assert message.startswith("pcamflow: the sweep is done.\n") and "FAILED" not in message
+    # then the next commands
+    assert message.endswith("  report     snakemake --report report.html\n  status     pcamflow status\n")
     # the summaries were made again (another target), the overview not: name the failed runs instead
     os.utime(txt, (0, 0))
     assert overview.end_of_run_message(txt, failed, [runs]) == ""
