@@ -188,8 +188,9 @@ def overview_rows(
         {
             "what": "data audit: tiles shared between splits",
             "result": f"{cross.get('n_pairs', 0)} pairs" + (f" ({shared})" if shared else ""),
-            "beside": "the train copies are dropped (leakage); valid and test stay as published"
+            "beside": "prepare dropped the train copies (leakage); valid and test stay as published"
             if cross.get("n_pairs")
+            and (prepared or {}).get("settings", {}).get("drop_cross_split_duplicates")
             else "",
             "details": "cross_split.json",
         }
