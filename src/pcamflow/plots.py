@@ -266,7 +266,7 @@ _TABLE_CSS = (
     "body{font-family:sans-serif;font-size:13px;margin:12px}"
     "table{border-collapse:collapse}th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
     # wide tables wrap their text cells and, if still too wide, scroll inside the page
-    ".scroll{max-width:100%;overflow-x:auto}td{overflow-wrap:anywhere;min-width:4em}"
+    ".scroll{max-width:100%;overflow-x:auto}td{overflow-wrap:break-word}"
     "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
     "p{color:#444;max-width:60em}"
 )
