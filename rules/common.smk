@@ -168,7 +168,8 @@ def all_runs():
 
 
 def all_run_files(name):
-    return [run_file(name, **run) for run in all_runs()]
+    pattern = run_path(name)  # once, not once per run: thousands of runs call this several times
+    return [pattern.format(**run) for run in all_runs()]
 
 
 # The report's categories in the order of the journey; the report's sidebar sorts them by name,
