@@ -11,7 +11,11 @@ from pcamflow import constants, layout, rundir
 from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
 from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, record_experiment
+from pcamflow.terminal import quiet_terminal
 from pcamflow.training.attempt import ATTEMPTS_ENV
+
+# one line per finished job on the terminal (the log under .snakemake/log/ keeps everything)
+quiet_terminal(workflow)
 
 try:
     # --config values arrive as text inside lists and mappings: validation applies the schema's types
@@ -166,6 +170,12 @@ def all_runs():
 def all_run_files(name):
     pattern = run_path(name)  # once, not once per run: thousands of runs call this several times
     return [pattern.format(**run) for run in all_runs()]
+
+
+# The report's categories in the order of the journey; the report's sidebar sorts them by name,
+# so each is numbered: `category=CATEGORY["data"]` is "2 data".
+REPORT_CATEGORIES = ("overview", "data", "training", "sweep", "evaluation", "slices", "throughput", "cost")
+CATEGORY = {name: f"{i} {name}" for i, name in enumerate(REPORT_CATEGORIES, 1)}
 
 
 # Each stage appends its final outputs here (rules/*.smk), and `rule all` asks for them.

@@ -29,8 +29,18 @@ rule audit:
         x=RAW_H5.replace("{kind}", "x"),
         y=RAW_H5.replace("{kind}", "y"),
     output:
-        json=report(AUDIT_JSON, caption="../report/audit.rst", category="data", subcategory="audit"),
-        plot=report(AUDIT_PLOT, caption="../report/audit_plot.rst", category="data", subcategory="audit"),
+        json=report(
+            AUDIT_JSON,
+            caption="../report/audit.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
+        plot=report(
+            AUDIT_PLOT,
+            caption="../report/audit_plot.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
         hashes=AUDIT_HASHES,
     log:
         LOGS / "audit" / "{split}.log",
@@ -51,7 +61,12 @@ rule audit_cross:
         hashes=expand(AUDIT_HASHES, split=SPLITS),
         audits=expand(AUDIT_JSON, split=SPLITS),
     output:
-        report(AUDIT_CROSS, caption="../report/audit_cross.rst", category="data", subcategory="audit"),
+        report(
+            AUDIT_CROSS,
+            caption="../report/audit_cross.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
     log:
         LOGS / "audit" / "cross_split.log",
     conda:

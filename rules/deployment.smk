@@ -19,7 +19,7 @@ rule export:
         card=report(
             BUNDLE_DIR / CARD_FILE,
             caption="../report/export_card.rst",
-            category="evaluation",
+            category=CATEGORY["evaluation"],
             subcategory="model bundle",
         ),
     log:

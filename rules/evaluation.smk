@@ -43,19 +43,34 @@ rule evaluate:
         train_labels=array_path(STORE, "train", "y"),
     output:
         json=report(
-            EVALUATE_JSON, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_JSON,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         csv=report(
-            EVALUATE_CSV, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_CSV,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         html=report(
-            EVALUATE_HTML, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_HTML,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         confusion=report(
-            CONFUSION_PLOT, caption="../report/confusion.rst", category="evaluation", subcategory="figures"
+            CONFUSION_PLOT,
+            caption="../report/confusion.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="figures",
         ),
         curves=report(
-            ROC_PR_PLOT, caption="../report/roc_pr.rst", category="evaluation", subcategory="figures"
+            ROC_PR_PLOT,
+            caption="../report/roc_pr.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="figures",
         ),
     log:
         LOGS / "evaluate.log",
@@ -76,19 +91,35 @@ rule slices:
         cross=AUDIT_CROSS,
         meta=lambda wc: [TEST_META] if config["dataset"] == "synthetic" or Path(TEST_META).exists() else [],
     output:
-        csv=report(SLICES_CSV, caption="../report/slices.rst", category="slices", subcategory="metrics"),
-        html=report(SLICES_HTML, caption="../report/slices.rst", category="slices", subcategory="metrics"),
+        csv=report(
+            SLICES_CSV,
+            caption="../report/slices.rst",
+            category=CATEGORY["slices"],
+            subcategory="metrics",
+        ),
+        html=report(
+            SLICES_HTML,
+            caption="../report/slices.rst",
+            category=CATEGORY["slices"],
+            subcategory="metrics",
+        ),
         histogram=report(
             SLICES_HISTOGRAM,
             caption="../report/slices_histogram.rst",
-            category="slices",
+            category=CATEGORY["slices"],
             subcategory="metrics",
         ),
         false_negatives=report(
-            GALLERY_FN, caption="../report/gallery_fn.rst", category="slices", subcategory="errors"
+            GALLERY_FN,
+            caption="../report/gallery_fn.rst",
+            category=CATEGORY["slices"],
+            subcategory="errors",
         ),
         false_positives=report(
-            GALLERY_FP, caption="../report/gallery_fp.rst", category="slices", subcategory="errors"
+            GALLERY_FP,
+            caption="../report/gallery_fp.rst",
+            category=CATEGORY["slices"],
+            subcategory="errors",
         ),
     log:
         LOGS / "slices.log",
@@ -113,13 +144,13 @@ rule reproducibility:
         json=report(
             REPRO_JSON,
             caption="../report/reproducibility.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="reproducibility",
         ),
         html=report(
             REPRO_HTML,
             caption="../report/reproducibility.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="reproducibility",
         ),
         twin=directory(REPRO_RUN),

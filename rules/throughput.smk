@@ -39,8 +39,10 @@ rule throughput_summary:
     input:
         expand(THROUGHPUT_CSV, partition=config["partitions"]),
     output:
-        csv=report(THROUGHPUT_SUMMARY, caption="../report/throughput.rst", category="throughput"),
-        plot=report(THROUGHPUT_PLOT, caption="../report/throughput_scaling.rst", category="throughput"),
+        csv=report(THROUGHPUT_SUMMARY, caption="../report/throughput.rst", category=CATEGORY["throughput"]),
+        plot=report(
+            THROUGHPUT_PLOT, caption="../report/throughput_scaling.rst", category=CATEGORY["throughput"]
+        ),
     log:
         LOGS / "throughput_summary.log",
     conda:

@@ -55,7 +55,7 @@ rule train:
         metrics=report(
             run_path(rundir.METRICS),
             caption="../report/training_metrics.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="{model}",
             labels={**GRID_LABELS, "seed": "{seed}"},
         ),

@@ -270,6 +270,7 @@ COURSE_GPU_GB = 5  # a MIG 1g.5gb slice of an A100 (course journal)
 
 def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profile(no_account):
     pcam, course = (validate_config(load_yaml(REPO / "config" / f"{n}.yaml")) for n in ("pcam", "course"))
+    assert (pcam["experiment"], course["experiment"]) == ("pcam", "course")  # results/pcam/, results/course/
     changed = {
         ("experiment",),  # its own results folder
         ("grid", "batch_size"),

@@ -155,8 +155,9 @@ def test_two_scanning_centres_stain_differently(clean_dir, blocks):
 def test_clean_data_has_no_faults(clean_dir):
     record = json.loads((clean_dir / constants.PLANTED_FILE).read_text())
     assert record["poison"] is False and record["seed"] == SEED
-    assert record["cross_split_duplicates"] == []
+    assert record["cross_split_duplicates"] == [] and record["within_split_duplicates"] == []
     assert all(tiles == [] for split in record["splits"].values() for tiles in split.values())
+    assert all(tiles == [] for tiles in record["dark"].values())
     hashes = []
     for split in SIZES:
         x, _ = _read(clean_dir, split)
@@ -188,12 +189,25 @@ def test_poisoned_copy_holds_exactly_what_it_records(poisoned_dir, clean_dir):
             assert (x[i] == 0).all()
         for i in planted["white"]:
             assert (x[i] == 255).all()
-        # every other tile is a clean tile, equal to the clean data of the same seed
-        others = np.setdiff1d(np.arange(n), faulty)
-        copied = [d["index_a"] for d in record["cross_split_duplicates"]] if split == "train" else []
-        others = np.setdiff1d(others, copied)
         clean_x, clean_y = _read(clean_dir, split)
+        # dark tiles: the clean tile under-exposed into the slices' dark bin, never black
+        dark = record["dark"][split]
+        assert len(dark) >= 0.03 * n and not set(dark) & set(faulty)
+        for i in dark:
+            assert 0.1 < x[i].mean() / 255 < 0.35 and x[i].max() > 10
+            assert np.corrcoef(x[i].ravel(), clean_x[i].ravel().astype(np.float32))[0, 1] > 0.999
+        # copies of another tile of the same split: exact, labels and all, on tiles without a fault
+        within = [d for d in record["within_split_duplicates"] if d["split"] == split]
+        assert within and all(d["copy_of"] < d["index"] for d in within)
+        for d in within:
+            assert np.array_equal(x[d["index"]], x[d["copy_of"]]) and y[d["index"]] == y[d["copy_of"]]
+        copies = [d["index"] for d in within]
+        assert not set(copies + [d["copy_of"] for d in within]) & set(faulty + dark)
+        # every other tile is a clean tile, equal to the clean data of the same seed
+        copied = [d["index_a"] for d in record["cross_split_duplicates"]] if split == "train" else []
+        others = np.setdiff1d(np.arange(n), faulty + dark + copies + copied)
         assert np.array_equal(x[others], clean_x[others].astype(np.float32))
+        copied += copies
         assert np.array_equal(np.delete(y, copied), np.delete(clean_y, copied))  # faults keep labels
 
 

@@ -53,8 +53,11 @@ def _write_split(
     """Write one split's x/y H5 files and meta CSV, block by block.
 
     replace: tiles written instead of the generated ones (planted duplicates); keep: indices of
-    clean tiles to hand back (the test tiles that train copies)."""
-    replace = replace or {}
+    clean tiles to hand back (the test tiles that train copies). Copies of a tile of the same split
+    (the record's within_split_duplicates) are made on the way: each comes after its original."""
+    copy_of = {d["index"]: d["copy_of"] for d in record["within_split_duplicates"] if d["split"] == split}
+    keep = set(keep) | set(copy_of.values())
+    replace = dict(replace or {})
     poison = record["poison"]
     kept, meta_parts = {}, []
     with (
@@ -70,12 +73,16 @@ def _write_split(
             meta = _meta_frame(block, split)
             stop = start + len(block.y)
             for i in range(start, stop):
+                if i in copy_of:
+                    replace[i] = kept[copy_of[i]]
                 if i in replace:
                     block.x[i - start], block.y[i - start], meta.iloc[i - start] = replace[i]
                 if i in keep:
                     kept[i] = (block.x[i - start].copy(), block.y[i - start], meta.iloc[i - start].copy())
             dx[start:stop] = (
-                poison_block(block.x, start, record["splits"][split], seed, split) if poison else block.x
+                poison_block(block.x, start, record["splits"][split], seed, split, record["dark"][split])
+                if poison
+                else block.x
             )
             dy[start:stop] = block.y.reshape(-1, *Y_SHAPE)
             meta_parts.append(meta)
@@ -164,6 +171,10 @@ def cli_main(args) -> int:
         overwrite=getattr(args, "overwrite", False),
     )
     faulty = sum(len(tiles) for split in record["splits"].values() for tiles in split.values())
-    duplicates = len(record["cross_split_duplicates"])
-    print(f"wrote synthetic PCAM to {args.out} ({faulty} faulty tiles, {duplicates} planted duplicates)")
+    duplicates = len(record["cross_split_duplicates"]) + len(record["within_split_duplicates"])
+    dark = sum(len(tiles) for tiles in record["dark"].values())
+    print(
+        f"wrote synthetic PCAM to {args.out} ({faulty} faulty tiles, {duplicates} planted duplicates, "
+        f"{dark} dark tiles)"
+    )
     return 0
