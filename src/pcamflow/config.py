@@ -17,6 +17,9 @@ from pcamflow.errors import PcamflowError
 from pcamflow.rundir import VAL_METRICS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+# The Snakefile's own config file (`configfile:`), under which --configfile files are layered
+# (relative to the repository root, where snakemake, `pcamflow status` and `cost` are run).
+WORKFLOW_CONFIG = Path("config/config.yaml")
 GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a grid point
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcamflow import layout
-from pcamflow.config import grid_points, load_workflow_config
+from pcamflow.config import WORKFLOW_CONFIG, grid_points, load_workflow_config
 from pcamflow.controller import controller_state
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation.aggregate import best_epoch_row, better, load_history
@@ -27,8 +27,6 @@ from pcamflow.io import read_json
 from pcamflow.rundir import HISTORY, RUN_INFO, point_id
 from pcamflow.training.runstatus import describe_failure
 
-# The Snakefile's own config file (`configfile:`), under which --configfile files are layered.
-BASE_CONFIG = Path("config/config.yaml")
 SQUEUE_FORMAT = "%i|%T|%M|%k|%Z"  # job id, state, time used, comment, working directory
 SQUEUE_STATES = {"PENDING": "queued", "CONFIGURING": "queued"}  # anything else alive: running
 
@@ -216,8 +214,8 @@ def _read(path: Path) -> dict:
 
 
 def cli_main(args) -> int:
-    cfg = load_workflow_config(args.config or [], args.set or [], base=BASE_CONFIG)
-    config_name = ", ".join(str(p) for p in [BASE_CONFIG, *(args.config or [])] if Path(p).exists())
+    cfg = load_workflow_config(args.config or [], args.set or [], base=WORKFLOW_CONFIG)
+    config_name = ", ".join(str(p) for p in [WORKFLOW_CONFIG, *(args.config or [])] if Path(p).exists())
     table, notes = sweep_status(cfg, Path("."), args.config or [], args.set or [])
     print(format_status(cfg, table, notes, config_name or "schema defaults"))
     return 0
