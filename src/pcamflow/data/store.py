@@ -97,6 +97,7 @@ def verify_store(store_dir: str | os.PathLike, splits) -> str:
     a restored mtime: each moves ctime or the inode). What it cannot: bytes that change under the
     file system (a failing disk, bit rot), or a write within the same tick of the file system's clock
     (a few ms) as the verification; `rm verified.json` makes the next check hash every file again.
+    docs/usage.md gives the figures.
     """
     store_dir = Path(store_dir)
     files, checksum = read_manifest(store_dir)
