@@ -1,4 +1,5 @@
 # Shared helpers: config validation, every path pattern (written once, here), input functions.
+import functools
 import os
 import sys
 from pathlib import Path
@@ -179,26 +180,27 @@ def store_input(splits):
 
 
 def check_store(wildcards):
-    """An input function of the prepare step that adds no input. Snakemake calls it once as it plans the
-    jobs (in the controller; --forcerun and --until are known by then, unlike while the Snakefile is
-    read), before any job that reads the store. Refuses with one line (see pcamflow.data.store)."""
-    if workflow.is_main_process and not STORE_CHECKED:
-        settings = workflow.dag_settings
-        try:
-            check_store_before_jobs(
-                STORE,
-                SPLITS,
-                RESULTS,
-                rebuilt=settings.forceall or "prepare" in settings.forcerun,
-                rebuild_only="prepare" in settings.until,
-            )
-        except PcamflowError as err:
-            refuse(err)
-        STORE_CHECKED.append(True)
+    """An input function of the prepare step that adds no input. Snakemake calls it as it plans the
+    jobs, in the controller, before any job that reads the store; --forcerun and --until are known by
+    then, unlike while the Snakefile is read. Refuses with one line (pcamflow.data.store)."""
+    if workflow.is_main_process:
+        check_store_once()
     return []
 
 
-STORE_CHECKED = []  # check_store's work is done once per invocation
+@functools.cache
+def check_store_once():
+    settings = workflow.dag_settings
+    try:
+        check_store_before_jobs(
+            STORE,
+            SPLITS,
+            RESULTS,
+            rebuilt=settings.forceall or "prepare" in settings.forcerun,
+            rebuild_only="prepare" in settings.until,
+        )
+    except PcamflowError as err:
+        refuse(err)
 
 
 def refuse(err):

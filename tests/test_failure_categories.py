@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pcamflow.errors import DataChanged
+from pcamflow import errors
 from pcamflow.evaluation.aggregate import runs_table
 from pcamflow.evaluation.overview import failed_run_lines, retry_command
 from pcamflow.evaluation.status import run_status
 from pcamflow.layout import run_dir
 from pcamflow.training import attempt, train
-from pcamflow.training.attempt import failure_category
 from pcamflow.training.loop import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ def test_a_damaged_compiled_code_cache_is_no_failure_of_the_run(tmp_path):
     ],
 )
 def test_what_failed(exc, category):
-    assert failure_category(exc) == category
+    assert attempt.failure_category(exc) == category
 
 
 def record(tmp_path: Path, exc: BaseException, seed: int, monkeypatch) -> Path:
@@ -109,7 +108,9 @@ def test_a_failure_not_of_the_run_is_recorded_and_shown_as_such(tmp_path, monkey
 
 
 def test_a_damaged_store_is_never_recorded_as_the_runs_failure(tmp_path, monkeypatch):
-    damaged = DataChanged("results/prepared/train_x.npy: sha256 differs from manifest.json", "train_x.npy")
-    with pytest.raises(DataChanged):
+    damaged = errors.DataChanged(
+        "results/prepared/train_x.npy: sha256 differs from manifest.json", "train_x.npy"
+    )
+    with pytest.raises(errors.DataChanged):
         record(tmp_path, damaged, 1, monkeypatch)
     assert not (tmp_path / run_dir(Path("results"), POINT, 1) / "run.json").exists()

@@ -3,6 +3,7 @@ nothing of Slurm where there is none (issue 21 item 3)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -16,8 +17,15 @@ import pytest
 from conftest import REPO, copy_workflow, pcamflow, snakemake
 from test_train_workflow import training_script_pid
 
-from pcamflow.controller import LOCKS, RECORD_PREFIX, controller_state, record_controller
 from pcamflow.evaluation.status import slurm_jobs
+
+LOCKS = Path(".snakemake/locks")  # Snakemake's
+
+
+def controller_module():
+    """pcamflow.controller (imported here: the tests also run, and fail, on the code before it)."""
+    return importlib.import_module("pcamflow.controller")
+
 
 RECORD_IN_A_CHILD = (
     "import sys; from pathlib import Path; from pcamflow.controller import record_controller; "
@@ -33,6 +41,10 @@ def snakemake_locks(workdir: Path) -> None:
 
 
 def test_a_controller_is_live_dead_or_not_there(tmp_path):
+    controller_state, record_controller = (
+        controller_module().controller_state,
+        controller_module().record_controller,
+    )
     assert controller_state(tmp_path).state == "none"
     snakemake_locks(tmp_path)
     assert controller_state(tmp_path).state == "unknown"  # locks of a controller that left no record
@@ -45,7 +57,7 @@ def test_a_controller_is_live_dead_or_not_there(tmp_path):
     mine = record_controller(tmp_path)
     assert controller_state(tmp_path).state == "live"
     mine.unlink()
-    elsewhere = tmp_path / LOCKS / f"{RECORD_PREFIX}.login2.4242.json"
+    elsewhere = tmp_path / LOCKS / f"{controller_module().RECORD_PREFIX}.login2.4242.json"
     elsewhere.write_text(json.dumps({"host": "login2", "pid": 4242, "start": "1"}))
     assert controller_state(tmp_path).state == "live"  # another host's process cannot be looked up
 

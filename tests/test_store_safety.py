@@ -15,12 +15,15 @@ from conftest import copy_workflow, snakemake
 from test_experiments import snapshot
 from train_fixtures import write_manifest, write_store
 
+from pcamflow import errors, experiment
 from pcamflow.data import store as store_module
-from pcamflow.data.store import VERIFIED_FILE, array_path, check_store_before_jobs, verify_store
-from pcamflow.errors import DataChanged, PcamflowError
-from pcamflow.experiment import STORE_KEY
+from pcamflow.data.store import array_path, verify_store
+from pcamflow.errors import PcamflowError
 from pcamflow.io import write_json
 from pcamflow.layout import EXPERIMENT_FILE
+
+# (names new in this change are used as module attributes, so the file also runs, and fails, on the
+# code before it)
 
 CONFIG = ("--configfile", "config/test.yaml")
 SPLITS = ("train", "valid", "test")
@@ -79,14 +82,32 @@ def test_the_store_is_hashed_once_per_content_not_once_per_job(store, hashes):
     assert hashes == ["train_y.npy"]
 
 
+def test_a_node_local_copy_is_hashed_by_the_job_that_makes_it(store, hashes, tmp_path, monkeypatch):
+    from pcamflow.data import staging
+
+    scratch = tmp_path / "scratch-node"
+    scratch.mkdir()
+    monkeypatch.setenv("SLURM_JOB_ID", "1234")  # a Slurm job with node-local scratch (test_staging)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    verify_store(store, ("train", "valid"))  # the shared copy: verified and recorded
+    hashes.clear()
+    staged = staging.stage_prepared(store)
+    assert staged.parent.parent == scratch and not (staged / store_module.VERIFIED_FILE).exists()
+    verify_store(staged, ("train", "valid"))  # the copy has no record of its own: every file is hashed
+    assert len(hashes) == 7
+    hashes.clear()
+    verify_store(staging.stage_prepared(store), ("train", "valid"))  # a later job on the node reuses it
+    assert hashes == []
+
+
 @pytest.mark.parametrize("keep_mtime", [False, True], ids=["written", "written, mtime put back"])
 def test_a_changed_byte_is_caught_even_after_a_verification_was_recorded(store, keep_mtime):
     verify_store(store, ("train", "valid"))
-    assert (store / VERIFIED_FILE).exists()
+    assert (store / store_module.VERIFIED_FILE).exists()
     path = array_path(store, "train", "x")
     time.sleep(0.05)  # file times tick in steps of a few ms: damage comes later than that
     flip_byte(path, keep_mtime)  # putting the mtime back moves ctime: the stat still differs
-    with pytest.raises(DataChanged) as err:
+    with pytest.raises(errors.DataChanged) as err:
         verify_store(store, ("train", "valid"))
     assert str(err.value).startswith(f"{path}: sha256 differs from manifest.json")
 
@@ -96,36 +117,44 @@ def test_before_any_job_a_damaged_store_is_one_line_naming_the_file(store, tmp_p
     path = array_path(store, "valid", "x")
     flip_byte(path)
     with pytest.raises(PcamflowError) as err:
-        check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
+        store_module.check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
     message = str(err.value)
     assert message.startswith(f"{path}: sha256 differs from manifest.json") and "\n" not in message
     assert "adding --forcerun prepare to this command" in message
     # --forcerun prepare writes it anew: nothing to check before the jobs (the preflight checks it)
-    check_store_before_jobs(store, SPLITS, root, rebuilt=True, rebuild_only=False)
+    store_module.check_store_before_jobs(store, SPLITS, root, rebuilt=True, rebuild_only=False)
 
 
 def test_a_store_other_than_the_one_the_runs_were_trained_on_is_another_experiment(store, tmp_path):
     root = tmp_path / "results"
     trained_on = json.loads((store / "manifest.json").read_text())["checksum"]
-    write_json(root / EXPERIMENT_FILE, {"experiment": "default", "settings": {}, STORE_KEY: trained_on})
-    check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)  # the same store
+    write_json(
+        root / EXPERIMENT_FILE, {"experiment": "default", "settings": {}, experiment.STORE_KEY: trained_on}
+    )
+    store_module.check_store_before_jobs(
+        store, SPLITS, root, rebuilt=False, rebuild_only=False
+    )  # the same store
     flip_byte(array_path(store, "train", "x"))
     write_manifest(store)  # consistent with itself, but not what the runs saw
     with pytest.raises(
         PcamflowError, match=r"were trained on the prepared store with checksum .*experiment=NAME"
     ):
-        check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
+        store_module.check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
 
 
 def test_a_missing_store_that_runs_were_trained_on_is_rebuilt_alone_first(store, tmp_path):
     root = tmp_path / "results"
     checksum = json.loads((store / "manifest.json").read_text())["checksum"]
     array_path(store, "train", "x").unlink()
-    check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)  # nothing trained yet
-    write_json(root / EXPERIMENT_FILE, {"experiment": "default", "settings": {}, STORE_KEY: checksum})
+    store_module.check_store_before_jobs(
+        store, SPLITS, root, rebuilt=False, rebuild_only=False
+    )  # nothing trained yet
+    write_json(
+        root / EXPERIMENT_FILE, {"experiment": "default", "settings": {}, experiment.STORE_KEY: checksum}
+    )
     with pytest.raises(PcamflowError, match=r"train_x.npy: missing, .*\(add --until prepare"):
-        check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
-    check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=True)
+        store_module.check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=False)
+    store_module.check_store_before_jobs(store, SPLITS, root, rebuilt=False, rebuild_only=True)
 
 
 @pytest.mark.slow

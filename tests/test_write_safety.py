@@ -18,11 +18,11 @@ from bundle_fixtures import make_bundle
 from pcam_fixtures import write_raw_dir, write_split
 from train_fixtures import write_store
 
+from pcamflow import errors
 from pcamflow.cli import main
 from pcamflow.deployment.export import BUNDLE_FILES, META_FILE
-from pcamflow.errors import disk_full_line
 from pcamflow.logged import run_logged
-from pcamflow.training.attempt import failure_category, failure_reason
+from pcamflow.training import attempt
 from pcamflow.training.checkpoint import save_checkpoint
 
 PCAM_X = "camelyonpatch_level_2_split_test_x.h5"
@@ -241,8 +241,8 @@ def test_a_full_disk_in_a_workflow_job_is_one_line_and_a_failure_not_of_the_run(
     target = tmp_path / "run" / "checkpoint_last.pt"
     with pytest.raises(OSError) as caught:
         save_checkpoint(target, {"step": 1})
-    assert failure_reason(caught.value) == f"no space left on device writing {target}"
-    assert failure_category(caught.value) == "disk"
+    assert attempt.failure_reason(caught.value) == f"no space left on device writing {target}"
+    assert attempt.failure_category(caught.value) == "disk"
     assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file left
 
     with pytest.raises(SystemExit) as stop:
@@ -252,6 +252,6 @@ def test_a_full_disk_in_a_workflow_job_is_one_line_and_a_failure_not_of_the_run(
         f"pcamflow: error: no space left on device writing {target} (traceback in {tmp_path / 'job.log'})"
     )
     assert (
-        disk_full_line(OSError(errno.EDQUOT, "Disk quota exceeded", "x.csv"))
+        errors.disk_full_line(OSError(errno.EDQUOT, "Disk quota exceeded", "x.csv"))
         == "disk quota exceeded writing x.csv"
     )
