@@ -18,23 +18,24 @@ from pcamflow.training.attempt import ATTEMPTS_ENV
 
 
 def config_layers():
-    """What Snakemake was given, in its order: the Snakefile's configfile (unless
-    --replace-workflow-config), each --configfile, each --config KEY=VALUE."""
+    """(the Snakefile's own config file, unless --replace-workflow-config; what the command line
+    gave: each --configfile, each --config KEY=VALUE), as (name, mapping) layers."""
     given = [Path(f) for f in workflow.overwrite_configfiles]
     own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles
-    files = [Path(f) for f in own if Path(f).absolute() not in {g.absolute() for g in given}] + given
+    own = [Path(f) for f in own if Path(f).absolute() not in {g.absolute() for g in given}]
     shown = lambda f: str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f)
-    layers = [(shown(f.absolute()), load_yaml(f)) for f in files]
-    return layers + [
-        (f"--config {key}", {key: value}) for key, value in workflow.config_settings.config.items()
-    ]
+    overrides = [(f"--config {key}", {key: value}) for key, value in workflow.config_settings.config.items()]
+    return (
+        [(shown(f.absolute()), load_yaml(f)) for f in own],
+        [(shown(f.absolute()), load_yaml(f)) for f in given] + overrides,
+    )
 
 
 try:
     # Snakemake's own merge adds a --configfile's `partitions:` to the Snakefile's; the config is
     # layered once more as pcamflow.config.layered_config says (as for `pcamflow status`), and
     # validated: --config values arrive as text inside lists and mappings, the schema gives types
-    config = layered_config(config_layers())
+    config = layered_config(*config_layers())
     # the experiment's results root: results/ (default) or results/<experiment>/
     RESULTS = layout.results_root(config["experiment"])
     if workflow.is_main_process:  # not again inside each job

@@ -4,12 +4,16 @@ a results root holds; an --until that would stop at the preflight says so instea
 
 from __future__ import annotations
 
+import copy
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import REPO, pcamflow, snakemake
 from test_profiles import planned_jobs
 
-from pcamflow.config import load_workflow_config
+from pcamflow.config import load_workflow_config, validate_config
 from pcamflow.layout import ROOT_ENTRIES, results_root
 
 BASE = REPO / "config" / "config.yaml"
@@ -31,6 +35,34 @@ def test_a_config_file_gives_its_partitions_whole():
     # a mapping with keys the schema names is still merged key by key
     cfg = load_workflow_config(overrides=["training={epochs: 2}"], base=BASE)
     assert cfg["training"]["epochs"] == 2 and cfg["training"]["cnn_width"] == 8
+
+
+def snakemakes_own_merge(files: list[Path], overrides: dict) -> dict:
+    """The config as Snakemake merges it (what rules/common.smk validated before): the command line's
+    layers, then config/config.yaml under them, keys in the order that gives."""
+    from snakemake.utils import update_config
+
+    given = {}
+    for path in files:
+        update_config(given, yaml.safe_load(path.read_text()))
+    update_config(given, overrides)
+    merged = copy.deepcopy(given)
+    update_config(merged, yaml.safe_load(BASE.read_text()))
+    update_config(merged, given)
+    return validate_config(merged)
+
+
+@pytest.mark.parametrize("name", ["test.yaml", "pcam.yaml", "course.yaml"])
+def test_the_layering_keeps_every_other_value_and_snakemakes_key_order(name):
+    """Params are compared as text: a key order other than Snakemake's own would rerun finished jobs."""
+    files, overrides = [REPO / "config" / name], {"training": {"epochs": 3}, "seeds": [7, 8]}
+    texts = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    mine = load_workflow_config(files, texts, base=BASE)
+    before = snakemakes_own_merge(files, overrides)
+    own = yaml.safe_load(files[0].read_text()).get("partitions")
+    assert mine.pop("partitions") == (own or before["partitions"])
+    before.pop("partitions")
+    assert json.dumps(mine) == json.dumps(before)
 
 
 def test_the_course_config_plans_throughput_on_the_course_partitions_only(workflow_dir):

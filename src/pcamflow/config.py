@@ -239,12 +239,17 @@ def keyed_by_name(schema: dict) -> bool:
     return isinstance(schema.get("additionalProperties"), dict) and not schema.get("properties")
 
 
-def layered_config(layers: Sequence[tuple[str, dict]]) -> dict:
-    """The config of (name, mapping) layers, each laid over the ones before (merge_config), validated
-    with defaults filled in; a bad key is blamed on the last layer that set it.
+def layered_config(base: Sequence[tuple[str, dict]], given: Sequence[tuple[str, dict]]) -> dict:
+    """The config of (name, mapping) layers: the Snakefile's own config file(s) (`base`), then those
+    given on the command line in their order (each --configfile, then the --config values), each laid
+    over the ones before (merge_config), validated with defaults filled in; a bad key is blamed on
+    the last layer that set it.
 
-    The one layering of a workflow run: rules/common.smk gives config/config.yaml, each --configfile
-    and the --config values; `pcamflow status` and `cost` the same files (load_workflow_config)."""
+    The one layering of a workflow run: rules/common.smk gives what Snakemake was given, `pcamflow
+    status` and `cost` the same files (load_workflow_config). Keys keep the order Snakemake's own
+    merge gives them (first seen in `given`, then in `base`): a rule's params are compared as text,
+    so another order would make Snakemake rerun finished jobs."""
+    layers = [*base, *given]
     cfg = {}
     for _, layer in layers:
         cfg = merge_config(cfg, layer)
@@ -253,7 +258,21 @@ def layered_config(layers: Sequence[tuple[str, dict]]) -> dict:
         setting = [name for name, layer in layers if _holds(layer, path)]
         return (setting or [name for name, _ in layers] or ["config"])[-1]
 
-    return validate_config(cfg, source=source)
+    return validate_config(_ordered(cfg, [layer for _, layer in [*given, *base]]), source=source)
+
+
+def _ordered(tree: dict, sources: list) -> dict:
+    """tree with its keys, at every level, in the order they are first seen in `sources`."""
+    seen = dict.fromkeys(key for source in sources if isinstance(source, dict) for key in source)
+    keys = [key for key in seen if key in tree] + [key for key in tree if key not in seen]
+    return {
+        key: (
+            _ordered(tree[key], [s.get(key) for s in sources if isinstance(s, dict)])
+            if isinstance(tree[key], dict)
+            else tree[key]
+        )
+        for key in keys
+    }
 
 
 def _holds(tree, path: list) -> bool:
@@ -285,10 +304,10 @@ def load_workflow_config(
     """The config a workflow run sees: the Snakefile's config/config.yaml, then each --configfile,
     then each --config KEY=VALUE (given here as `override_option` KEY=VALUE), validated with defaults
     filled in (layered_config)."""
-    layers = [(str(base), load_yaml(base))] if base is not None and Path(base).exists() else []
-    layers += [(str(path), load_yaml(path)) for path in files]
-    layers += [(f"{override_option} {text}", parse_override(text)) for text in overrides]
-    return layered_config(layers)
+    own = [(str(base), load_yaml(base))] if base is not None and Path(base).exists() else []
+    given = [(str(path), load_yaml(path)) for path in files]
+    given += [(f"{override_option} {text}", parse_override(text)) for text in overrides]
+    return layered_config(own, given)
 
 
 def describe_error(error: jsonschema.ValidationError) -> str:
