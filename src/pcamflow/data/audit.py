@@ -219,7 +219,7 @@ def cli_main(args) -> int:
     )
     for option, path in (("--out", args.out), ("--plot", args.plot), ("--hashes", args.hashes)):
         if path is not None:
-            check_output_file(path, option)  # before reading a tile
+            check_output_file(path, option, inputs=[args.x, args.y])  # before reading a tile
     result = audit_split(args.x, args.y, **settings)
     write_audit(result, args.out, args.plot, args.hashes)
     faults = ", ".join(f"{f} {result.report['faults'][f]['tiles']}" for f in FAULTS)

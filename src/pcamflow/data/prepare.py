@@ -32,7 +32,7 @@ from pcamflow.data.rawdata import (
     split_paths,
 )
 from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum
-from pcamflow.errors import PcamflowError
+from pcamflow.errors import PcamflowError, check_output_dir
 from pcamflow.io import read_json, sha256sum, write_json
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class NpyStreamWriter:
 
 def cli_main(args) -> int:
     settings, audit_settings = _settings_from(args)
+    check_output_dir(args.out, inputs=[args.raw_dir, *([args.audit_dir] if args.audit_dir else [])])
     raw = {split: split_paths(args.raw_dir, split) for split in constants.SPLITS}
     audits, cross = _audits_for(raw, args.audit_dir, audit_settings)
     stats = prepare_store(

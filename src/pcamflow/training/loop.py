@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
 from pcamflow.data.pipeline import BatchTransform, predict_logits
+from pcamflow.errors import PcamflowError
 from pcamflow.rundir import BEST_CHECKPOINT, SCORED, VAL_LOSS
 from pcamflow.training.checkpoint import save_checkpoint
 from pcamflow.training.outputs import write_outputs
@@ -33,8 +34,9 @@ from pcamflow.training.stop import StopRequest
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite: the run cannot continue."""
+class TrainingDiverged(PcamflowError):
+    """The training loss became NaN or infinite: the run cannot continue. An outcome of the run's
+    settings, said plainly (one line), not an unexpected error."""
 
 
 def train_one_epoch(
