@@ -47,11 +47,34 @@ class RawTiles:
             ) from None
 
     def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, raw tiles) for consecutive blocks of at most block_size tiles."""
+        """(start, raw tiles) for consecutive blocks of at most block_size tiles; while the caller
+        works on one block, the disk already reads the next (see prefetch)."""
         if block_size < 1:
             raise PcamflowError(f"block size must be at least 1, got {block_size}")
         for start in range(0, len(self), block_size):
-            yield start, self.read(start, min(start + block_size, len(self)))
+            stop = min(start + block_size, len(self))
+            block = self.read(start, stop)
+            self.prefetch(stop, min(stop + block_size, len(self)))
+            yield start, block
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Have the kernel read tiles [start, stop) into the page cache in the background
+        (posix_fadvise WILLNEED), so that a cold sequential read overlaps with the caller's work
+        instead of taking turns with it (the kernel's own readahead covers a few MB, a block is tens).
+        Only where the tiles lie in one contiguous run of the file (h5py's default layout);
+        elsewhere, and where the hint fails, nothing: it is a hint, the read itself checks."""
+        offset = self.x.id.get_offset()  # None for chunked, compressed or external storage
+        if start >= stop or offset is None or not hasattr(os, "posix_fadvise"):
+            return
+        tile_bytes = self.dtype.itemsize * TILE_VALUES
+        with contextlib.suppress(OSError):
+            fd = os.open(self.x_path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(
+                    fd, offset + start * tile_bytes, (stop - start) * tile_bytes, os.POSIX_FADV_WILLNEED
+                )
+            finally:
+                os.close(fd)
 
 
 @dataclass
@@ -110,11 +133,22 @@ def blank_masks(tiles: np.ndarray, black_max: int, white_min: int) -> tuple[np.n
 
 
 def channel_histograms(tiles: np.ndarray) -> np.ndarray:
-    """(3, 256) int64 counts of each value per channel of cleaned uint8 tiles."""
-    channels = tiles.shape[-1]
-    return np.stack([np.bincount(tiles[..., c].ravel(), minlength=256) for c in range(channels)]).astype(
-        np.int64
-    )
+    """(3, 256) int64 counts of each value per channel of cleaned uint8 NHWC tiles.
+
+    Pillow counts each channel's plane as a greyscale image: about 3x faster than np.bincount,
+    which first widens every value to int64 (the audit and prepare count every tile of PCAM).
+    """
+    from PIL import Image
+
+    channels, width = tiles.shape[-1], tiles.shape[-2]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    if tiles.size == 0:
+        return counts
+    pixels = tiles.reshape(-1, channels)
+    for c in range(channels):
+        plane = np.ascontiguousarray(pixels[:, c])  # one tile row per image row: never too wide
+        counts[c] = Image.frombuffer("L", (width, plane.size // width), plane, "raw", "L", 0, 1).histogram()
+    return counts
 
 
 def histogram_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
