@@ -154,6 +154,18 @@ def test_a_failure_midway_leaves_no_store_and_no_temporary_files(tmp_path):
     assert set(tmp_path.iterdir()) == before
 
 
+def test_without_a_train_split_nothing_is_written(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    raw = {s: split_paths(raw_dir, s) for s in ("valid", "test")}
+    audits = {s: audit_split(*raw[s], block_size=5, black_max=10, white_min=245).report for s in raw}
+    before = set(tmp_path.iterdir())
+    with pytest.raises(
+        PcamflowError, match="no train split given; the channel statistics come from train only"
+    ):
+        prepare_store(raw, tmp_path / "store", audits=audits, cross={"pairs": []}, block_size=5, **DEFAULTS)
+    assert set(tmp_path.iterdir()) == before
+
+
 def test_an_audit_of_other_files_is_refused(tmp_path):
     raw_dir, _ = raw_data(tmp_path)
     raw = {s: split_paths(raw_dir, s) for s in constants.SPLITS}

@@ -178,6 +178,15 @@ def test_clean_tiles_zeroes_nan_and_inf_clips_and_rounds():
     assert cleaned.tolist() == [0, 0, 0, 0, 255, 255, 12, 13, 254, 0]  # 254.5 rounds half to even
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clean_tiles_match_nan_to_num_clip_round_on_every_kind_of_value(dtype):
+    rng = np.random.default_rng(4)
+    raw = rng.normal(128, 150, 20_000).astype(dtype)
+    raw[::7] = rng.choice([np.nan, np.inf, -np.inf, -0.0, 0.5, 1.5, 254.5, 255.5, 1e30, -1e30], raw[::7].size)
+    reference = np.rint(np.clip(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(clean_tiles(raw), reference)
+
+
 def test_clean_tiles_leaves_its_input_alone_unless_in_place():
     raw = np.array([np.nan, 300.0], np.float64)
     clean_tiles(raw)
@@ -232,6 +241,8 @@ def test_channel_histograms_match_numpy_counts_on_any_layout_of_tiles():
         expected = [np.bincount(view[..., c].ravel(), minlength=256) for c in range(3)]
         np.testing.assert_array_equal(channel_histograms(view), expected)
     assert channel_histograms(tiles[:0]).tolist() == np.zeros((3, 256), int).tolist()
+    with pytest.raises(ValueError, match="counts cleaned uint8 tiles, got float32"):
+        channel_histograms(tiles.astype(np.float32))  # never their bytes read as if uint8
 
 
 def test_labels_live_in_the_y_file_beside_the_x_file(tmp_path):

@@ -65,10 +65,10 @@ def prepare_store(
         split: plan_split(split, audits[split], cross, drop_black_white_from, drop_cross_split_duplicates)
         for split in raw
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     if "train" not in raw:
         raise PcamflowError("prepare: no train split given; the channel statistics come from train only")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         digests = {}
         for split, (x_path, y_path) in raw.items():
