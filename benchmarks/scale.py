@@ -3,12 +3,13 @@
 Writes a PCAM-format set (262,144 / 32,768 / 32,768 tiles of 96x96x3; uint8, then the course's
 float32 layout with NaN, inf and out-of-range values), runs each data rule on it through the
 functions the rule scripts call (each in a fresh child process, as Snakemake runs a script), and
-prints one table: per rule the wall time, peak RSS, bytes read, and the plain-read bound (the time
-to read the rule's input files once, sequentially, measured just before the rule). As root the
-page cache is dropped before every bound and every rule, so both read cold; the table says so.
-The tiles are tissue-like noise, distinct by construction, with black and white tiles and
+prints one table: per rule the wall and CPU time, peak RSS, bytes read, and the plain-read bound
+(the time to read the rule's input files once, sequentially, measured just before the rule; for
+prepare also a plain copy: its inputs read and as many bytes written as its store holds). As root
+the page cache is dropped before every bound and every rule, so both read cold; the table says
+so. The tiles are tissue-like noise, distinct by construction, with black and white tiles and
 duplicates within and across splits planted at known rows; the run fails if the audit does not
-find exactly those.
+find exactly those. The verify_store row is what every training job does first (train + valid).
 
     .venv/bin/python benchmarks/scale.py                  # full size (~9 GB uint8, ~36 GB float32)
     .venv/bin/python benchmarks/scale.py --fraction 0.05  # a quick look at 1/20 of the tiles
@@ -20,10 +21,10 @@ the machine's load), and their outputs are compared: the audit JSONs, the cross-
 every store file (by the sha256 in its manifest) must be identical, or the run fails.
 
 Each layout is written at --fraction, or at the largest power-of-two share of it that leaves
---min-free-gb on the disk (the float32 set and its store need ~45 GB at full size); a smaller
-share has its times and bytes shown scaled up to the asked size (RSS is not scaled: every rule
-streams in blocks). Everything written is deleted at
-the end unless --keep.
+--min-free-gb on the disk (the float32 set needs 36 GB at full size, and each --code tree a 9 GB
+store); a smaller share has its times and bytes shown scaled up to the asked size (RSS is not
+scaled: every rule streams in blocks). The rules' processes share a bytecode cache in the work
+directory (see child_env). Everything written is deleted at the end unless --keep.
 """
 
 from __future__ import annotations

@@ -216,6 +216,17 @@ def test_blocks_ask_the_disk_for_exactly_the_next_blocks_bytes(tmp_path, monkeyp
         assert data[offset : offset + length] == expected.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_blocks_read_into_one_reused_array_hold_the_same_tiles(tmp_path, dtype):
+    x = random_tiles(10, dtype=dtype)
+    x_path, _ = write_split(tmp_path, "train", x, alternating_labels(10))
+    with open_tiles(x_path) as raw:
+        seen = [(start, block.copy(), block.base) for start, block in raw.blocks(4, reuse=True)]
+    assert [start for start, _, _ in seen] == [0, 4, 8]
+    np.testing.assert_array_equal(np.concatenate([block for _, block, _ in seen]), x)
+    assert seen[0][2] is not None and all(base is seen[0][2] for _, _, base in seen)  # one array
+
+
 def test_chunked_tiles_are_read_without_a_hint(tmp_path, monkeypatch):
     x = random_tiles(6)
     x_path = write_dataset(tmp_path / "chunked_x.h5", "x", x, chunks=(2, 96, 96, 3))

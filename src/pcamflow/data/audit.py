@@ -67,7 +67,7 @@ def audit_split(
         lows, highs = [], []
         histogram = np.zeros((3, 256), dtype=np.int64)
         hashes = np.empty(n, dtype=HASH_DTYPE)
-        for start, block in raw.blocks(block_size):
+        for start, block in raw.blocks(block_size, reuse=True):
             stop = start + len(block)
             low, high = _scan_raw_block(block, flags, value_counts, start)
             lows.append(low)

@@ -237,7 +237,7 @@ def _write_split(
         x_file = array_path(tmp, split, "x")
         writer = NpyStreamWriter(x_file, (len(index), *constants.TILE_SHAPE), np.uint8)
         try:
-            for start, block in raw.blocks(block_size):
+            for start, block in raw.blocks(block_size, reuse=True):
                 stop = start + len(block)
                 cleaned, keep = clean_tiles(block, in_place=True), plan.keep[start:stop]
                 del block
