@@ -14,7 +14,7 @@ find exactly those. The verify_store row is what every training job does first (
     .venv/bin/python benchmarks/scale.py                  # full size (~9 GB uint8, ~36 GB float32)
     .venv/bin/python benchmarks/scale.py --fraction 0.05  # a quick look at 1/20 of the tiles
     .venv/bin/python benchmarks/scale.py --layouts uint8 --keep --dir /scratch/me
-    .venv/bin/python benchmarks/scale.py --code before=../base/src --code after=src  # rule by rule
+    .venv/bin/python benchmarks/scale.py --code before=/work/base --code after=.  # rule by rule
 
 With several --code trees, each rule runs for each tree in turn on the same set (so they share
 the machine's load), and their outputs are compared: the audit JSONs, the cross-split pairs and
@@ -501,16 +501,16 @@ def run_layout(layout: str, work: Path, codes: dict[str, str], fraction: float, 
 
 
 def parse_codes(values: list[str] | None) -> dict[str, str]:
-    """--code NAME=PATH (or PATH) -> {name: source tree}; default: this script's pcamflow."""
+    """--code [NAME=]PATH -> {name: source tree}: PATH a checkout (its src/ is used) or a source tree
+    holding pcamflow/; default: the pcamflow this script imports."""
     codes = {}
     for value in values or [f"this={this_code()}"]:
-        name, _, path = value.rpartition("=") if "=" in value else (value, "", value)
+        name, _, path = value.partition("=") if "=" in value else (value, "", value)
         path = Path(path).resolve()
-        if not (path / "pcamflow" / "__init__.py").exists():
-            raise SystemExit(
-                f"--code {value}: {path} holds no pcamflow package (give the directory above it)"
-            )
-        codes[name] = str(path)
+        tree = path / "src" if (path / "src" / "pcamflow" / "__init__.py").exists() else path
+        if not (tree / "pcamflow" / "__init__.py").exists():
+            raise SystemExit(f"--code {value}: no pcamflow package in {path} or {path / 'src'}")
+        codes[name] = str(tree)
     return codes
 
 
@@ -525,9 +525,9 @@ def main() -> None:
     parser.add_argument(
         "--code",
         action="append",
-        metavar="NAME=SRC",
-        help="a pcamflow source tree to measure (repeat to compare, rule by rule, on the same set); "
-        "default: the pcamflow this script imports",
+        metavar="[NAME=]PATH",
+        help="a checkout (or source tree) to measure; repeat to compare them rule by rule on the same "
+        "set; default: the pcamflow this script imports",
     )
     parser.add_argument(
         "--dir", help="where to make the work directory (default: the system's temporary one)"

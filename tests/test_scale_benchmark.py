@@ -106,3 +106,11 @@ def test_outputs_of_two_codes_are_compared_file_by_file(tmp_path):
         json.dumps({"files": {"train_x.npy": "ab", "stats.json": "bb"}})
     )
     assert scale.output_differences(run, other) == ["valid.json", "train_x.npy"]
+
+
+def test_code_trees_are_checkouts_or_source_trees_and_a_wrong_one_is_refused(tmp_path):
+    scale = _module()
+    codes = scale.parse_codes([f"before={REPO}", f"after={REPO / 'src'}"])
+    assert codes == {"before": str(REPO / "src"), "after": str(REPO / "src")}
+    with pytest.raises(SystemExit, match=f"--code x={tmp_path}: no pcamflow package in {tmp_path}"):
+        scale.parse_codes([f"x={tmp_path}"])
