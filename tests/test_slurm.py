@@ -41,7 +41,8 @@ from pcamflow.throughput.cost import (
 )
 from pcamflow.training.attempt import INJECT_ENV
 
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# One worker runs them all, beside the others (pytest-xdist): the one cluster, started once.
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 SLURM_TESTS = REPO / "tests" / "slurm"
 ACCOUNT = "pcamflow"  # start_cluster.sh registers it
