@@ -21,13 +21,14 @@ unexport PYTHONDONTWRITEBYTECODE
 run: $(STAMP)
 	$(BIN)/snakemake --cores all
 
-# --durations: the slowest tests in CI's log, to keep the suite's time in view; --dist loadgroup: tests
-# marked xdist_group (the Slurm tests, the report's) run on one worker
+# --durations: the slowest tests in CI's log, to keep the suite's time in view. pytest-xdist hands each
+# worker whole files (one Slurm cluster; module fixtures built once) in the order tests/conftest.py sets.
+XDIST = --dist loadfile --no-loadscope-reorder
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -ra --durations=15 -n $(TEST_WORKERS) $(XDIST)
 
 check: $(STAMP) lint
-	$(BIN)/pytest -q -m "not slow and not slurm and not browser" -n $(CHECK_WORKERS) --dist loadgroup
+	$(BIN)/pytest -q -m "not slow and not slurm and not browser" -n $(CHECK_WORKERS) $(XDIST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,6 +31,20 @@ def make_workflow_copy(dest: Path) -> Path:
     return dest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm tests first, then those that read the shared sweep, then the rest. pytest-xdist
+    (`--dist loadfile --no-loadscope-reorder`, as make runs it) hands whole files to its workers in
+    this order: the Slurm tests, which mostly wait on the scheduler, run beside everything else, and
+    the shared sweep is built while they start."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slurm"):
+            return 0
+        return 1 if "finished_test_sweep" in item.fixturenames else 2
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(autouse=True)
 def _restore_root_logging():
     """A test that runs the CLI or a rule script in-process configures the root logger with a

@@ -90,9 +90,13 @@ def run_module(
         cwd = str(cwd or os.getcwd())
         process = _forkserver().Process(target=_main, args=(module, list(args), cwd, env, str(out), str(err)))
         process.start()
-        process.join(timeout)
-        if process.exitcode is None:
-            process.kill()
-            process.join()
+        try:
+            process.join(timeout)
+            timed_out = process.exitcode is None
+        finally:  # timed out, or the test interrupted: the command goes too (as with subprocess.run)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+        if timed_out:
             raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text())
         return subprocess.CompletedProcess(cmd, process.exitcode, out.read_text(), err.read_text())

@@ -63,10 +63,6 @@ with SnakemakeApi(OutputSettings()) as api:
 """
 
 
-# One worker builds the report and runs the tests that read it (pytest-xdist).
-pytestmark = pytest.mark.xdist_group("report")
-
-
 @pytest.fixture(scope="module")
 def finished_report(finished_test_sweep, tmp_path_factory) -> Path:
     """The whole workflow run on the test config (conftest; one run failing on every attempt), then

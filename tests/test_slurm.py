@@ -41,8 +41,7 @@ from pcamflow.throughput.cost import (
 )
 from pcamflow.training.attempt import INJECT_ENV
 
-# One worker runs them all, beside the others (pytest-xdist): the one cluster, started once.
-pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SLURM_TESTS = REPO / "tests" / "slurm"
 ACCOUNT = "pcamflow"  # start_cluster.sh registers it
