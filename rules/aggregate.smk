@@ -1,6 +1,7 @@
 # Sweep stage: runs table, mean and std over seeds, the champion (validation only), plots, HParams.
 # Library: pcamflow.evaluation.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
 
+
 rule aggregate:
     input:
         histories=all_run_files(rundir.HISTORY),

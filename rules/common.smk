@@ -164,7 +164,8 @@ def all_runs():
 
 
 def all_run_files(name):
-    return [run_file(name, **run) for run in all_runs()]
+    pattern = run_path(name)  # once, not once per run: thousands of runs call this several times
+    return [pattern.format(**run) for run in all_runs()]
 
 
 # Each stage appends its final outputs here (rules/*.smk), and `rule all` asks for them.

@@ -2,7 +2,7 @@
 # reference, model card, checksums) and the offline handover tarball.
 # Library: pcamflow.deployment.export (bundle, rule export), .model_card (MODEL_CARD.md),
 # .handover (rule handover); text from src/pcamflow/deployment/templates/. Path patterns: rules/common.smk.
-from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE
+from pcamflow.deployment.bundle_files import BUNDLE_FILES, CARD_FILE
 
 
 rule export:

@@ -6,6 +6,8 @@ from pcamflow.data.store import store_files
 
 # What a training job asks for; the preflight asks for exactly the same (profiles give both one share).
 TRAIN_THREADS = config["training"]["threads"]
+# a run's history.json: it exists once the run finished (its input function asks for each job)
+RUN_HISTORY = run_path(rundir.HISTORY)
 
 
 # the train and valid arrays are read into memory (memory-mapped when they would not fit)
@@ -46,10 +48,10 @@ rule train:
         store_files(STORE, ["train", "valid"]),
         # a run still to do waits for the preflight; a finished one (its history exists) does not
         preflight=lambda wildcards: (
-            [] if Path(run_file("history.json", **wildcards)).exists() or checkpoints.preflight.get() else []
+            [] if os.path.exists(RUN_HISTORY.format(**wildcards)) or checkpoints.preflight.get() else []
         ),
     output:
-        history=run_path(rundir.HISTORY),
+        history=RUN_HISTORY,
         metrics=report(
             run_path(rundir.METRICS),
             caption="../report/training_metrics.rst",

@@ -22,12 +22,12 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "report", "config", "src", "profiles", "envs")
 
 
-def make_workflow_copy(dest: Path) -> Path:
+def make_workflow_copy(dest: Path, repo: Path = REPO) -> Path:
     """A directory that looks like the repository (symlinks) but keeps results/ and .snakemake/ apart."""
     dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
-        if (REPO / part).exists():
-            (dest / part).symlink_to(REPO / part)
+        if (repo / part).exists():
+            (dest / part).symlink_to(repo / part)
     return dest
 
 

@@ -253,6 +253,9 @@ def test_dry_run_plans_every_job_on_its_partition_without_a_cluster(name, workfl
         # the profile's partition for the rule; a throughput job's is the partition it measures
         rule_partition = profile["set-resources"].get(rule, {}).get("slurm_partition")
         assert resources["slurm_partition"] == (rule_partition or wildcards.get("partition", default)), rule
+        # a number, not Snakemake's default of twice the input size (<TBD> here): planning a sweep
+        # of thousands of runs looks up no job's input files for it
+        assert resources["disk_mb"] == profile["default-resources"]["disk_mb"], rule
 
 
 def test_local_profile_plans_the_workflow(workflow_dir):
