@@ -360,6 +360,7 @@ def test_rows_carry_the_slurm_job_node_and_device_model_blank_outside_slurm(monk
     assert gpu_row["device_model"] == expected
 
 
+@pytest.mark.slow  # the whole benchmark script
 def test_input_pipeline_benchmark_prints_the_pipeline_against_both_baselines_and_the_bounds(store, raw_x):
     run = subprocess.run(
         [
