@@ -8,7 +8,7 @@ import torch
 from sklearn import metrics as skm
 from train_fixtures import write_manifest
 
-from pcamflow.data.pipeline import predict_proba
+from pcamflow.data.predictions import predict_proba
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation import evaluate as ev
 from pcamflow.training.checkpoint import save_checkpoint

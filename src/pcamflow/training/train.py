@@ -35,9 +35,11 @@ import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
 from pcamflow.config import GRID_KEYS, load_schema, load_yaml, operational_keys, validate
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident, predict_logits
+from pcamflow.data.loader import BatchLoader, device_resident
+from pcamflow.data.predictions import autocast, predict_logits
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import Split, load_split, load_stats, store_files, verify_store
+from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted, check_output_dir
 from pcamflow.io import atomic_dir, atomic_path, now_iso, write_csv, write_json
 from pcamflow.rundir import (
@@ -315,7 +317,6 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         balanced=settings["sampler"] == "balanced",
         device=device,
         resident=resident,
-        lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
     return Run(
         cfg=cfg,
@@ -335,6 +336,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
             augment=settings["augment"],
             color_jitter=settings["color_jitter"],
             channels_last=settings["channels_last"],
+            cpu_accelerator=settings["cpu_accelerator"],
         ),
         augment_rng=torch.Generator().manual_seed(augment_seed),
         valid=valid,
@@ -664,9 +666,12 @@ def validation_scores(
     batch_size: int = 256,
     amp: str = "none",
     channels_last: bool = False,
+    cpu_accelerator: str | bool = "auto",
 ) -> dict:
     """val_loss (mean cross-entropy) and val_accuracy, val_f2, val_auc, val_pr_auc on a split."""
-    transform = BatchTransform(stats, device=device, augment=False, channels_last=channels_last)
+    transform = BatchTransform(
+        stats, device=device, augment=False, channels_last=channels_last, cpu_accelerator=cpu_accelerator
+    )
     y = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
     loss_sum = torch.zeros((), dtype=torch.float64, device=transform.device)
     probs, start = [], 0
@@ -726,6 +731,7 @@ def fit(
                 batch_size=settings["eval_batch_size"],
                 amp=settings["amp"],
                 channels_last=settings["channels_last"],
+                cpu_accelerator=settings["cpu_accelerator"],
             )
             progress.train_time_s += time.perf_counter() - started
             progress.epoch += 1

@@ -1,0 +1,106 @@
+"""The optional compiled CPU pass of the input transform (`training.cpu_accelerator: auto`).
+
+uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW, one tile at a time
+in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the reference) make several
+passes over the whole batch. The values are bit-identical to the torch ops (tested): float32
+multiply, then add, never a fused multiply-add (numba's default: fastmath off). The tiles are shared
+over numba's threads (`prange`), as many as torch uses.
+
+numba caches the compiled code on disk (compiling takes seconds); a cache file it cannot read is
+compiled afresh and written again. This module is imported only when the accelerator runs
+(`transforms.cpu_accelerator`, which falls back to the torch ops, with one warning, on any error
+here): a GPU job never loads numba.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+import numba
+import numpy as np
+import torch
+
+from pcamflow.data.transforms import CHANNELS, D4_SIZE, d4_view
+from pcamflow.errors import first_line
+
+log = logging.getLogger(__name__)
+
+# x (B, H*W*3) uint8, transforms (B,), affine (8, 3) int64, scale and shift (3,), out (B, 3, H, W)
+SIGNATURE = (
+    "void(uint8[:, ::1], int64[::1], int64[:, ::1], float32[::1], float32[::1], float32[:, :, :, ::1])"
+)
+# numba's own thread pool: its OpenMP layer would share torch's OpenMP runtime and change torch's
+# thread count (and with it a run's floating-point sums) when it starts
+THREADING_LAYER = "workqueue"
+numba.config.THREADING_LAYER = THREADING_LAYER  # read when numba first starts its threads
+_ONE_CALL = threading.Lock()  # the workqueue layer runs one parallel call at a time in a process
+
+
+def d4_normalise(
+    x: torch.Tensor, transforms: torch.Tensor | None, scale: torch.Tensor | None, shift: torch.Tensor | None
+) -> torch.Tensor:
+    """float32 (B, 3, H, H) of uint8 (B, H, H, 3) CPU tiles: tile b turned by D4 element transforms[b]
+    (None: as is), then x * scale + shift per channel (None: not normalised)."""
+    b, size = x.shape[0], x.shape[1]
+    tiles = x.contiguous().numpy().reshape(b, -1)
+    transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
+    scale = np.ones(CHANNELS, np.float32) if scale is None else scale.numpy()
+    shift = np.zeros(CHANNELS, np.float32) if shift is None else shift.numpy()
+    out = np.empty((b, CHANNELS, size, size), np.float32)
+    compiled = compiled_pass()
+    with _ONE_CALL:
+        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        compiled(tiles, transforms, d4_affine(size), scale, shift, out)
+    return torch.from_numpy(out)
+
+
+def _d4_normalise(x, transforms, affine, scale, shift, out):
+    """out[b, c, i, j] = x[b]'s pixel base + i * row_step + j * col_step (row transforms[b] of
+    `affine`), channel c, as float32 * scale[c] + shift[c]. Compiled by `compiled_pass`."""
+    size = out.shape[2]
+    for b in numba.prange(x.shape[0]):
+        t = transforms[b]
+        for i in range(size):
+            row = affine[t, 0] + i * affine[t, 1]  # the source pixel of output pixel (i, 0)
+            for j in range(size):
+                pixel = (row + j * affine[t, 2]) * CHANNELS
+                for c in range(CHANNELS):
+                    out[b, c, i, j] = np.float32(x[b, pixel + c]) * scale[c] + shift[c]
+
+
+@functools.cache
+def compiled_pass():
+    """`_d4_normalise` compiled for SIGNATURE: numba's cached code, or compiled (seconds) and cached."""
+    if numba.config.DISABLE_JIT:
+        raise RuntimeError("NUMBA_DISABLE_JIT is set")
+    try:
+        compiled = numba.njit(parallel=True, cache=True)(_d4_normalise)
+    except RuntimeError:  # no writable place for numba's cache: compiled in every process
+        compiled = numba.njit(parallel=True)(_d4_normalise)
+    try:
+        compiled.compile(SIGNATURE)
+    except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
+        compiled._cache.flush()  # numba's own reset: an empty cache index, so the compile below rewrites it
+        compiled.compile(SIGNATURE)
+        log.warning(
+            "training.cpu_accelerator: numba's cached code for the CPU pass was unreadable (%s: %s); "
+            "compiled afresh and cached again",
+            type(exc).__name__,
+            first_line(exc),
+        )
+    compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
+    return compiled
+
+
+@functools.cache
+def d4_affine(size: int) -> np.ndarray:
+    """(8, 3) int64: under D4 element t, output pixel (i, j) of a size x size tile is source pixel
+    base + i * row_step + j * col_step (row t: base, row_step, col_step), read off `d4_view`."""
+    pixels = torch.arange(size * size).view(1, size, size, 1)
+    where = torch.stack([d4_view(pixels, t)[0, :, :, 0] for t in range(D4_SIZE)]).numpy()
+    base = where[:, 0, 0]
+    if size == 1:  # one pixel: the steps are never used
+        return np.stack([base, base * 0, base * 0], axis=1)
+    return np.stack([base, where[:, 1, 0] - base, where[:, 0, 1] - base], axis=1)
