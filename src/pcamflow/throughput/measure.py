@@ -274,14 +274,17 @@ def _csv_line(values: Iterable) -> str:
 
 
 def timed_steps(batches: Iterator, step: Callable, spec: BenchSpec, device: str | None = None) -> Measurement:
-    """Run (next batch, step(batch)) untimed for at least `spec.warmup` steps and `spec.min_seconds`,
-    then timed for at least `spec.steps` steps and `spec.min_seconds`.
+    """Run (next batch, step(batch)) untimed for at least `spec.warmup` steps and `spec.min_seconds`
+    after the first step, then timed for at least `spec.steps` steps and `spec.min_seconds`.
 
-    The device is synchronised around each clock read, so asynchronous CUDA work is charged to
-    the step that queued it and `data_time_s` is the time spent waiting for input.
+    The first step pays the one-time costs (a compile, the first allocations) and may alone last
+    `min_seconds`: the warm-up's time starts after it, so the steps that still settle stay out of
+    the clock too. The device is synchronised around each clock read, so asynchronous CUDA work is
+    charged to the step that queued it and `data_time_s` is the time spent waiting for input.
     """
     sync = torch.cuda.synchronize if (device or spec.device) == "cuda" else _no_sync
-    warmup, *_ = _run_steps(batches, step, spec.warmup, spec.min_seconds, sync)
+    first = _run_steps(batches, step, 1, 0.0, sync)[0] if spec.warmup or spec.min_seconds else 0
+    warmup = first + _run_steps(batches, step, spec.warmup - first, spec.min_seconds, sync)[0]
     cpu_start = time.process_time()
     steps, seconds, images, data_time = _run_steps(batches, step, spec.steps, spec.min_seconds, sync)
     return Measurement(warmup, steps, seconds, images, data_time, time.process_time() - cpu_start)
