@@ -154,31 +154,43 @@ def test_without_numba_the_transform_falls_back_once_to_the_same_values(store):
     assert "ModuleNotFoundError: import of numba halted" in line and "using the torch ops" in line
 
 
-@pytest.mark.parametrize("damaged", ["nbi", "nbc"], ids=["index", "data"])
-def test_a_damaged_cache_file_is_compiled_afresh_once_and_cached_again(store, tmp_path, damaged):
-    cache = tmp_path / "numba-cache"
-    ready = """
-        from pcamflow.data import transforms
-        accelerator = transforms.cpu_accelerator()
-        assert accelerator is not None
-        print(sum(accelerator.compiled_pass().stats.cache_hits.values()))
-        """
-    first = python(ready, NUMBA_CACHE_DIR=str(cache))
-    assert first.returncode == 0, first.stderr
-    files = sorted(cache.rglob(f"*.{damaged}"))
-    assert files, f"numba wrote no .{damaged} file under {cache}"
+READY = """
+    from pcamflow.data import transforms
+    accelerator = transforms.cpu_accelerator()
+    assert accelerator is not None
+    print(sum(accelerator.compiled_pass().stats.cache_hits.values()))
+    """  # prints how many compiled signatures came from numba's cache
+
+
+def damage(cache, suffix: str) -> None:
+    files = sorted(cache.rglob(f"*.{suffix}"))
+    assert files, f"numba wrote no .{suffix} file under {cache}"
     for path in files:
         path.write_bytes(b"garbage, not a pickle")
 
+
+def test_a_damaged_cache_file_is_compiled_afresh_once_and_cached_again(store, tmp_path):
+    cache = tmp_path / "numba-cache"
+    first = python(READY, NUMBA_CACHE_DIR=str(cache))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["0"]  # compiled, and cached
+
+    damage(cache, "nbc")  # a data file (the reported case: "UnpicklingError: could not find MARK")
     proc = train_command(store, tmp_path / "damaged", NUMBA_CACHE_DIR=str(cache))
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "damaged" / "run" / "history.json").exists()
     [line] = accelerator_lines(proc)
+    assert "UnpicklingError" in line and "compiled afresh and cached again" in line
+
+    damage(cache, "nbi")  # the index
+    proc = python(READY, NUMBA_CACHE_DIR=str(cache))
+    assert proc.returncode == 0, proc.stderr
+    [line] = accelerator_lines(proc)
     assert "unreadable" in line and "compiled afresh and cached again" in line
 
-    again = python(ready, NUMBA_CACHE_DIR=str(cache))  # the next job loads the rewritten cache
+    again = python(READY, NUMBA_CACHE_DIR=str(cache))  # the next job loads the rewritten cache
     assert again.returncode == 0, again.stderr
-    assert accelerator_lines(again) == [] and again.stdout.split() == ["1"]  # loaded, not compiled
+    assert accelerator_lines(again) == [] and again.stdout.split() == ["1"]
 
 
 def test_a_failed_compile_falls_back_to_the_torch_ops_with_one_warning(store, monkeypatch, caplog):

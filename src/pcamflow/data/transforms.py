@@ -62,7 +62,7 @@ def normalise_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tor
     return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
 
 
-def colour_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """Float NCHW tiles (0..255) with per-tile brightness and saturation factors ((2, B, 1, 1, 1));
     values stay in 0..255."""
     brightness, saturation = factors.to(x.device)
@@ -125,7 +125,7 @@ class BatchTransform:
         if train and self.color_jitter > 0:
             # jitter works on 0..255 values, so normalisation waits until after it
             jitter = draw_jitter(b, self.color_jitter, generator)
-            out = normalise_(colour_jitter(self._float(x, transforms), jitter), self.scale, self.shift)
+            out = normalise_(color_jitter(self._float(x, transforms), jitter), self.scale, self.shift)
         else:
             out = self._float(x, transforms, normalise=True)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
