@@ -232,22 +232,23 @@ def test_channels_last_gives_the_same_values_in_channels_last_layout(store, spli
     assert torch.equal(cl, BatchTransform(stats).to_input(x, train=False))
 
 
-@pytest.mark.parametrize("batch", [1, 5, 40])  # 40: the kernel shares the tiles out over 2 threads
+@pytest.mark.parametrize("threads", [1, 2])  # 1: in the calling thread; 2: over numba's threads
+@pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize(
     "options",
     [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"augment": False}],
     ids=["d4", "jitter", "channels_last", "no_augment"],
 )
 def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(
-    store, split, batch, options, accelerated
+    store, split, batch, options, threads, accelerated
 ):
     stats = load_stats(store)
     x = torch.from_numpy(np.array(split.x[np.arange(batch) % len(split.x)]))
     compiled = BatchTransform(stats, **options)
     torch_ops = BatchTransform(stats, cpu_accelerator="off", **options)
     assert compiled.accelerated and not torch_ops.accelerated
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         for train in (True, False):
             a = compiled.to_input(x, train=train, generator=torch.Generator().manual_seed(3))
@@ -256,7 +257,7 @@ def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(
             assert a.stride() == b.stride()
             assert torch.equal(a, b)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 16, 24])

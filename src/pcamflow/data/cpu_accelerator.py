@@ -3,8 +3,9 @@
 uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW, one tile at a time
 in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the reference) make several
 passes over the whole batch. The values are bit-identical to the torch ops (tested): float32
-multiply, then add, never a fused multiply-add (numba's default: fastmath off). The tiles are shared
-over numba's threads (`prange`), as many as torch uses.
+multiply, then add, never a fused multiply-add (numba's default: fastmath off). With one torch
+thread (the training default) the loop runs in the calling thread; with more, the tiles are shared
+over as many of numba's threads (`prange`).
 
 numba caches the compiled code on disk (compiling takes seconds); a cache file it cannot read is
 compiled afresh and written again. This module is imported only when the accelerator runs
@@ -49,49 +50,73 @@ def d4_normalise(
     scale = np.ones(CHANNELS, np.float32) if scale is None else scale.numpy()
     shift = np.zeros(CHANNELS, np.float32) if shift is None else shift.numpy()
     out = np.empty((b, CHANNELS, size, size), np.float32)
-    compiled = compiled_pass()
-    with _ONE_CALL:
-        numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-        compiled(tiles, transforms, d4_affine(size), scale, shift, out)
+    args = (tiles, transforms, d4_affine(size), scale, shift, out)
+    in_this_thread, over_threads = compiled_passes()
+    threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    if threads == 1:  # the training default: no hand-off to numba's threads
+        in_this_thread(*args)
+    else:
+        with _ONE_CALL:
+            numba.set_num_threads(threads)
+            over_threads(*args)
     return torch.from_numpy(out)
 
 
-def _d4_normalise(x, transforms, affine, scale, shift, out):
-    """out[b, c, i, j] = x[b]'s pixel base + i * row_step + j * col_step (row transforms[b] of
-    `affine`), channel c, as float32 * scale[c] + shift[c]. Compiled by `compiled_pass`."""
-    size = out.shape[2]
+@numba.njit(inline="always")  # compiled into the two loops below
+def _tile(x, t, affine, scale, shift, out):
+    """out[c, i, j] = pixel base + i * row_step + j * col_step (row t of `affine`) of the flat tile x,
+    channel c, as float32 * scale[c] + shift[c]."""
+    size = out.shape[1]
+    for i in range(size):
+        row = affine[t, 0] + i * affine[t, 1]  # the source pixel of output pixel (i, 0)
+        for j in range(size):
+            pixel = (row + j * affine[t, 2]) * CHANNELS
+            for c in range(CHANNELS):
+                out[c, i, j] = np.float32(x[pixel + c]) * scale[c] + shift[c]
+
+
+@numba.njit(cache=True)
+def _each_tile(x, transforms, affine, scale, shift, out):
+    for b in range(x.shape[0]):
+        _tile(x[b], transforms[b], affine, scale, shift, out[b])
+
+
+@numba.njit(parallel=True, cache=True)
+def _each_tile_over_threads(x, transforms, affine, scale, shift, out):
     for b in numba.prange(x.shape[0]):
-        t = transforms[b]
-        for i in range(size):
-            row = affine[t, 0] + i * affine[t, 1]  # the source pixel of output pixel (i, 0)
-            for j in range(size):
-                pixel = (row + j * affine[t, 2]) * CHANNELS
-                for c in range(CHANNELS):
-                    out[b, c, i, j] = np.float32(x[b, pixel + c]) * scale[c] + shift[c]
+        _tile(x[b], transforms[b], affine, scale, shift, out[b])
 
 
 @functools.cache
-def compiled_pass():
-    """`_d4_normalise` compiled for SIGNATURE: numba's cached code, or compiled (seconds) and cached."""
+def compiled_passes() -> tuple:
+    """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURE: numba's cached code, or
+    compiled (seconds) and cached. A cache file numba cannot read is compiled afresh and written
+    again, with one warning."""
     if numba.config.DISABLE_JIT:
         raise RuntimeError("NUMBA_DISABLE_JIT is set")
-    try:
-        compiled = numba.njit(parallel=True, cache=True)(_d4_normalise)
-    except RuntimeError:  # no writable place for numba's cache: compiled in every process
-        compiled = numba.njit(parallel=True)(_d4_normalise)
-    try:
-        compiled.compile(SIGNATURE)
-    except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
-        compiled._cache.flush()  # numba's own reset: an empty cache index, so the compile below rewrites it
-        compiled.compile(SIGNATURE)
+    passes = (_each_tile, _each_tile_over_threads)
+    unreadable = [cause for cause in map(_compile, passes) if cause is not None]
+    if unreadable:
         log.warning(
             "training.cpu_accelerator: numba's cached code for the CPU pass was unreadable (%s: %s); "
             "compiled afresh and cached again",
-            type(exc).__name__,
-            first_line(exc),
+            type(unreadable[0]).__name__,
+            first_line(unreadable[0]),
         )
+    return passes
+
+
+def _compile(compiled) -> Exception | None:
+    """Compile (or load) `compiled` for SIGNATURE; the error of an unreadable cache, when it was one."""
+    try:
+        compiled.compile(SIGNATURE)
+        cause = None
+    except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
+        compiled._cache.flush()  # numba's own reset: an empty cache index, so this compile rewrites it
+        compiled.compile(SIGNATURE)
+        cause = exc
     compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
-    return compiled
+    return cause
 
 
 @functools.cache

@@ -149,7 +149,7 @@ def cpu_accelerator():
     try:
         from pcamflow.data import cpu_accelerator as accelerator  # numba: imported only when asked for
 
-        accelerator.compiled_pass()
+        accelerator.compiled_passes()
     except Exception as exc:  # numba missing, JIT disabled, a failed compile: never fatal
         log.warning(
             "training.cpu_accelerator: the compiled CPU pass cannot run here (%s: %s); using the torch ops",
