@@ -15,9 +15,11 @@ import yaml
 from conftest import REPO
 from train_fixtures import write_store
 
+from pcamflow.config import validate_training
 from pcamflow.data import transforms
 from pcamflow.data.store import load_split, load_stats
 from pcamflow.data.transforms import BatchTransform
+from pcamflow.errors import PcamflowError
 from pcamflow.rundir import TIMING_FIELDS
 from pcamflow.training.train import run_training
 
@@ -86,6 +88,7 @@ def test_no_data_training_or_evaluation_module_imports_numba():
         provenance.versions()  # run.json records numba's version without importing it
         import torch
         from pcamflow.data.transforms import BatchTransform
+from pcamflow.errors import PcamflowError
         stats = {"mean": [0.5] * 3, "std": [0.2] * 3}
         BatchTransform(stats, cpu_accelerator="off")(torch.zeros((4, 8, 8, 3), dtype=torch.uint8), train=True)
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite")))
@@ -114,7 +117,8 @@ def test_the_compiled_pass_leaves_torchs_threads_as_they_were():
         """
         import torch
         torch.set_num_threads(1)
-        from pcamflow.data import transforms
+        from pcamflow.config import validate_training
+from pcamflow.data import transforms
         x = torch.zeros((16, 8, 8, 3), dtype=torch.uint8)
         transforms.BatchTransform({"mean": [0.5] * 3, "std": [0.2] * 3})(x, train=True)
         assert transforms.cpu_accelerator() is not None
@@ -141,6 +145,7 @@ def test_without_numba_the_transform_falls_back_once_to_the_same_values(store):
         import numpy as np, torch
         from pcamflow.data.store import load_split, load_stats
         from pcamflow.data.transforms import BatchTransform
+from pcamflow.errors import PcamflowError
         x = torch.from_numpy(np.array(load_split({str(store)!r}, "train").x[:8]))
         stats = load_stats({str(store)!r})
         for _ in range(3):
@@ -155,7 +160,8 @@ def test_without_numba_the_transform_falls_back_once_to_the_same_values(store):
 
 
 READY = """
-    from pcamflow.data import transforms
+    from pcamflow.config import validate_training
+from pcamflow.data import transforms
     accelerator = transforms.cpu_accelerator()
     assert accelerator is not None
     print(sum(sum(p.stats.cache_hits.values()) for p in accelerator.compiled_passes()))
@@ -217,6 +223,13 @@ def test_a_failed_compile_falls_back_to_the_torch_ops_with_one_warning(store, mo
     ]
 
 
-def test_a_bad_setting_is_refused():
+def test_a_bare_off_in_yaml_means_off_and_other_values_are_refused_by_key():
+    stats = {"mean": [0.5] * 3, "std": [0.2] * 3}
+    settings = validate_training(yaml.safe_load("cpu_accelerator: off"), source="run.yaml")
+    assert settings["cpu_accelerator"] is False  # YAML 1.1 reads a bare off as false
+    assert not BatchTransform(stats, cpu_accelerator=settings["cpu_accelerator"]).accelerated
+    assert validate_training({}, source="run.yaml")["cpu_accelerator"] == "auto"
+    with pytest.raises(PcamflowError, match=r"run.yaml: key 'cpu_accelerator': 'on' is not one of"):
+        validate_training({"cpu_accelerator": "on"}, source="run.yaml")
     with pytest.raises(ValueError, match="cpu_accelerator must be one of"):
-        BatchTransform({"mean": [0.5] * 3, "std": [0.2] * 3}, cpu_accelerator="on")
+        BatchTransform(stats, cpu_accelerator="on")
