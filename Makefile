@@ -1,6 +1,6 @@
 # The two commands: `make run` (the default pipeline) and `make test` (tests and linters, what CI runs).
 # `make check`: the edit-test loop (linters and every test that needs no Slurm, no browser and no long
-# workflow run; a few minutes at most).
+# workflow run; its pytest took 13.5 minutes on a 2-core AMD EPYC VM shared with other work, load ~9).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin

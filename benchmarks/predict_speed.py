@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from pcamflow.config import validate_config
-from pcamflow.data.synthesize import generate_split
+from pcamflow.data.synth_tiles import generate_split
 from pcamflow.deployment.drift import HistogramAccumulator, histogram_moments, make_reference
 from pcamflow.deployment.export import load_bundle, write_bundle
 from pcamflow.deployment.predict import expand_inputs, predict_inputs, predict_tiles, read_chunks

@@ -1,19 +1,29 @@
 # Sweep stage: runs table, mean and std over seeds, the champion (validation only), plots, HParams.
 # Library: pcamflow.evaluation.aggregate, pcamflow.plots. Path patterns: rules/common.smk.
 
-# report labels of a per-grid-point figure: its grid values, read from the wildcards
-GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
-
 
 rule aggregate:
     input:
         histories=all_run_files(rundir.HISTORY),
         run_records=all_run_files(rundir.RUN_INFO),
     output:
-        runs=report(RUNS_CSV, caption="../report/runs.rst", category="sweep", subcategory="tables"),
-        avg=report(METRICS_AVG, caption="../report/metrics_avg.rst", category="sweep", subcategory="tables"),
+        runs=report(
+            RUNS_CSV,
+            caption="../report/runs.rst",
+            category=CATEGORY["sweep"],
+            subcategory="tables",
+        ),
+        avg=report(
+            METRICS_AVG,
+            caption="../report/metrics_avg.rst",
+            category=CATEGORY["sweep"],
+            subcategory="tables",
+        ),
         avg_html=report(
-            METRICS_AVG_HTML, caption="../report/metrics_avg.rst", category="sweep", subcategory="tables"
+            METRICS_AVG_HTML,
+            caption="../report/metrics_avg.rst",
+            category=CATEGORY["sweep"],
+            subcategory="tables",
         ),
         # `snakemake --forcerun $(cat results/summary/failed_runs.txt)` retrains only the failed runs
         failed=FAILED_RUNS,
@@ -34,12 +44,15 @@ rule champion:
         avg=METRICS_AVG,
     output:
         champion=report(
-            CHAMPION_JSON, caption="../report/champion.rst", category="sweep", subcategory="champion"
+            CHAMPION_JSON,
+            caption="../report/champion.rst",
+            category=CATEGORY["sweep"],
+            subcategory="champion",
         ),
         parallel=report(
             PARALLEL_PLOT,
             caption="../report/parallel_coordinates.rst",
-            category="sweep",
+            category=CATEGORY["sweep"],
             subcategory="champion",
         ),
     log:
@@ -66,14 +79,14 @@ rule plot_grid_point:
         epochs=report(
             EPOCH_CURVES,
             caption="../report/epoch_curves.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="curves per epoch",
             labels=GRID_LABELS,
         ),
         steps=report(
             STEP_CURVES,
             caption="../report/step_curves.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="curves per step",
             labels=GRID_LABELS,
         ),

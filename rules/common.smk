@@ -11,7 +11,11 @@ from pcamflow import constants, layout, rundir
 from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
 from pcamflow.errors import PcamflowError
 from pcamflow.experiment import check_experiment, record_experiment
-from pcamflow.training.runstatus import ATTEMPTS_ENV
+from pcamflow.terminal import quiet_terminal
+from pcamflow.training.attempt import ATTEMPTS_ENV
+
+# one line per finished job on the terminal (the log under .snakemake/log/ keeps everything)
+quiet_terminal(workflow)
 
 try:
     # --config values arrive as text inside lists and mappings: validation applies the schema's types
@@ -70,15 +74,17 @@ AUDIT_JSON = str(AUDIT_DIR / constants.AUDIT_FILE)
 AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
 AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
 AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
-PREPARED = RESULTS / "prepared"
+STORE = RESULTS / "prepared"
 GRID_POINT = rundir.point_pattern(GRID_KEYS)  # model~{model}/lr~{lr}/...
+# report labels of a grid point's outputs: its grid values, read from the wildcards
+GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
 RUN_DIR = layout.run_dir_pattern(RESULTS, GRID_KEYS)
 # Resume state lives outside every declared output, so a failed job's cleanup keeps it.
 STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
 TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
 # live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
 TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
-# the preflight of the training jobs (rules/train.smk): what the node they get can do
+# the preflight of the training jobs (rules/training.smk): what the node they get can do
 PREFLIGHT_NAME = "train"
 PREFLIGHT = str(RESULTS / "preflight" / f"{PREFLIGHT_NAME}.json")
 SUMMARY = RESULTS / "summary"
@@ -162,7 +168,14 @@ def all_runs():
 
 
 def all_run_files(name):
-    return [run_file(name, **run) for run in all_runs()]
+    pattern = run_path(name)  # once, not once per run: thousands of runs call this several times
+    return [pattern.format(**run) for run in all_runs()]
+
+
+# The report's categories in the order of the journey; the report's sidebar sorts them by name,
+# so each is numbered: `category=CATEGORY["data"]` is "2 data".
+REPORT_CATEGORIES = ("overview", "data", "training", "sweep", "evaluation", "slices", "throughput", "cost")
+CATEGORY = {name: f"{i} {name}" for i, name in enumerate(REPORT_CATEGORIES, 1)}
 
 
 # Each stage appends its final outputs here (rules/*.smk), and `rule all` asks for them.

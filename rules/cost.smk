@@ -12,15 +12,15 @@ rule cost:
     input:
         lambda wildcards: [t for t in TARGETS if str(t) not in (str(COST_CSV), str(COST_HTML))],
     output:
-        csv=report(COST_CSV, caption="../report/cost.rst", category="cost"),
-        html=report(COST_HTML, caption="../report/cost.rst", category="cost"),
+        csv=report(COST_CSV, caption="../report/cost.rst", category=CATEGORY["cost"]),
+        html=report(COST_HTML, caption="../report/cost.rst", category=CATEGORY["cost"]),
     log:
         LOGS / "cost.log",
     conda:
         CONDA_ENV
     params:
         rules=lambda wildcards: sorted(rule.name for rule in workflow.rules),
-        store=PREPARED,
+        store=STORE,
         logs=LOGS,
         benchmarks=BENCHMARKS,
     script:

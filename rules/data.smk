@@ -29,8 +29,18 @@ rule audit:
         x=RAW_H5.replace("{kind}", "x"),
         y=RAW_H5.replace("{kind}", "y"),
     output:
-        json=report(AUDIT_JSON, caption="../report/audit.rst", category="data", subcategory="audit"),
-        plot=report(AUDIT_PLOT, caption="../report/audit_plot.rst", category="data", subcategory="audit"),
+        json=report(
+            AUDIT_JSON,
+            caption="../report/audit.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
+        plot=report(
+            AUDIT_PLOT,
+            caption="../report/audit_plot.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
         hashes=AUDIT_HASHES,
     log:
         LOGS / "audit" / "{split}.log",
@@ -51,7 +61,12 @@ rule audit_cross:
         hashes=expand(AUDIT_HASHES, split=SPLITS),
         audits=expand(AUDIT_JSON, split=SPLITS),
     output:
-        report(AUDIT_CROSS, caption="../report/audit_cross.rst", category="data", subcategory="audit"),
+        report(
+            AUDIT_CROSS,
+            caption="../report/audit_cross.rst",
+            category=CATEGORY["data"],
+            subcategory="audit",
+        ),
     log:
         LOGS / "audit" / "cross_split.log",
     conda:
@@ -69,7 +84,7 @@ rule prepare:
         audits=expand(AUDIT_JSON, split=SPLITS),
         cross=AUDIT_CROSS,
     output:
-        store_files(PREPARED, SPLITS),
+        store_files(STORE, SPLITS),
     log:
         LOGS / "prepare.log",
     benchmark:
@@ -85,4 +100,4 @@ rule prepare:
 
 
 TARGETS.extend(expand(AUDIT_JSON, split=SPLITS) + expand(AUDIT_PLOT, split=SPLITS))
-TARGETS.extend([AUDIT_CROSS, PREPARED / MANIFEST_FILE])
+TARGETS.extend([AUDIT_CROSS, STORE / MANIFEST_FILE])

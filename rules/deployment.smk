@@ -2,7 +2,7 @@
 # reference, model card, checksums) and the offline handover tarball.
 # Library: pcamflow.deployment.export (bundle, rule export), .model_card (MODEL_CARD.md),
 # .handover (rule handover); text from src/pcamflow/deployment/templates/. Path patterns: rules/common.smk.
-from pcamflow.deployment.export import BUNDLE_FILES, CARD_FILE
+from pcamflow.deployment.bundle_files import BUNDLE_FILES, CARD_FILE
 
 
 rule export:
@@ -13,13 +13,13 @@ rule export:
         # the deployed checkpoint is one of these (named in champion.json)
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
         run_records=all_run_files(rundir.RUN_INFO),
-        store=store_files(PREPARED, ["train"]),
+        store=store_files(STORE, ["train"]),
     output:
         files=[BUNDLE_DIR / name for name in BUNDLE_FILES if name != CARD_FILE],
         card=report(
             BUNDLE_DIR / CARD_FILE,
             caption="../report/export_card.rst",
-            category="evaluation",
+            category=CATEGORY["evaluation"],
             subcategory="model bundle",
         ),
     log:
@@ -29,7 +29,7 @@ rule export:
     conda:
         CONDA_ENV
     params:
-        store=PREPARED,
+        store=STORE,
         dataset=config["dataset"],
         tta=config["evaluate"]["tta"],
         drift=config["export"]["drift"],

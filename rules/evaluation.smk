@@ -19,7 +19,7 @@ rule predict_champion:
         champion=CHAMPION_JSON,
         # the champion is one of the grid points: every best checkpoint is a dependency
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
-        store=store_files(PREPARED, ["valid", "test"]),
+        store=store_files(STORE, ["valid", "test"]),
     output:
         PREDICTIONS,
     log:
@@ -30,7 +30,7 @@ rule predict_champion:
         CONDA_ENV
     threads: config["training"]["threads"]
     params:
-        store=PREPARED,
+        store=STORE,
         tta=config["evaluate"]["tta"],  # training.eval_batch_size and .device: read by the script (operational)
     script:
         "../workflow_scripts/predict_champion.py"
@@ -40,22 +40,37 @@ rule evaluate:
     input:
         predictions=PREDICTIONS,
         champion=CHAMPION_JSON,
-        train_labels=array_path(PREPARED, "train", "y"),
+        train_labels=array_path(STORE, "train", "y"),
     output:
         json=report(
-            EVALUATE_JSON, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_JSON,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         csv=report(
-            EVALUATE_CSV, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_CSV,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         html=report(
-            EVALUATE_HTML, caption="../report/evaluate.rst", category="evaluation", subcategory="metrics"
+            EVALUATE_HTML,
+            caption="../report/evaluate.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="metrics",
         ),
         confusion=report(
-            CONFUSION_PLOT, caption="../report/confusion.rst", category="evaluation", subcategory="figures"
+            CONFUSION_PLOT,
+            caption="../report/confusion.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="figures",
         ),
         curves=report(
-            ROC_PR_PLOT, caption="../report/roc_pr.rst", category="evaluation", subcategory="figures"
+            ROC_PR_PLOT,
+            caption="../report/roc_pr.rst",
+            category=CATEGORY["evaluation"],
+            subcategory="figures",
         ),
     log:
         LOGS / "evaluate.log",
@@ -71,24 +86,40 @@ rule slices:
     input:
         predictions=PREDICTIONS,
         evaluation=EVALUATE_JSON,
-        store=store_files(PREPARED, ["test"]),
+        store=store_files(STORE, ["test"]),
         audit=AUDIT_JSON.format(split="test"),
         cross=AUDIT_CROSS,
         meta=lambda wc: [TEST_META] if config["dataset"] == "synthetic" or Path(TEST_META).exists() else [],
     output:
-        csv=report(SLICES_CSV, caption="../report/slices.rst", category="slices", subcategory="metrics"),
-        html=report(SLICES_HTML, caption="../report/slices.rst", category="slices", subcategory="metrics"),
+        csv=report(
+            SLICES_CSV,
+            caption="../report/slices.rst",
+            category=CATEGORY["slices"],
+            subcategory="metrics",
+        ),
+        html=report(
+            SLICES_HTML,
+            caption="../report/slices.rst",
+            category=CATEGORY["slices"],
+            subcategory="metrics",
+        ),
         histogram=report(
             SLICES_HISTOGRAM,
             caption="../report/slices_histogram.rst",
-            category="slices",
+            category=CATEGORY["slices"],
             subcategory="metrics",
         ),
         false_negatives=report(
-            GALLERY_FN, caption="../report/gallery_fn.rst", category="slices", subcategory="errors"
+            GALLERY_FN,
+            caption="../report/gallery_fn.rst",
+            category=CATEGORY["slices"],
+            subcategory="errors",
         ),
         false_positives=report(
-            GALLERY_FP, caption="../report/gallery_fp.rst", category="slices", subcategory="errors"
+            GALLERY_FP,
+            caption="../report/gallery_fp.rst",
+            category=CATEGORY["slices"],
+            subcategory="errors",
         ),
     log:
         LOGS / "slices.log",
@@ -97,7 +128,7 @@ rule slices:
     conda:
         CONDA_ENV
     params:
-        store=PREPARED,
+        store=STORE,
         settings=config["slices"],
     script:
         "../workflow_scripts/slices.py"
@@ -108,18 +139,18 @@ rule reproducibility:
         # the run to repeat: reproducibility.run (its twin can train beside the sweep), else the
         # deployed champion run named in champion.json (known once the sweep is done)
         run=[f"{REPRO_ORIGINAL}/{name}" for name in rundir.RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
-        store=store_files(PREPARED, ["train", "valid"]),
+        store=store_files(STORE, ["train", "valid"]),
     output:
         json=report(
             REPRO_JSON,
             caption="../report/reproducibility.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="reproducibility",
         ),
         html=report(
             REPRO_HTML,
             caption="../report/reproducibility.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="reproducibility",
         ),
         twin=directory(REPRO_RUN),

@@ -1,7 +1,9 @@
 # The answer first: one table of the champion, its test metrics with intervals beside the baselines,
 # the failed runs and the data audit's findings (the report's first page), and the few lines a
 # finished run prints last. Library: pcamflow.evaluation.overview. Path patterns: rules/common.smk.
+from pcamflow.data.store import STATS_FILE
 from pcamflow.evaluation.overview import end_of_run_message
+from pcamflow.terminal import next_command
 
 
 rule overview:
@@ -12,9 +14,11 @@ rule overview:
         failed=FAILED_RUNS,
         audits=expand(AUDIT_JSON, split=SPLITS),
         cross=AUDIT_CROSS,
+        prepared=STORE / STATS_FILE,  # what prepare kept and dropped
+        throughput=THROUGHPUT_SUMMARY,  # the partitions not measured, and why
     output:
         rst=OVERVIEW_RST,
-        html=report(OVERVIEW_HTML, caption="../report/overview.rst", category="overview"),
+        html=report(OVERVIEW_HTML, caption="../report/overview.rst", category=CATEGORY["overview"]),
         txt=OVERVIEW_TXT,
     log:
         LOGS / "overview.log",
@@ -29,11 +33,15 @@ rule overview:
 TARGETS.extend([OVERVIEW_RST, OVERVIEW_HTML, OVERVIEW_TXT])
 
 
-# The last lines of a run: the overview when it is current, else the failed runs, else nothing.
+# The last lines of a run: the overview when it is current, else the failed runs, else nothing; then
+# the next commands, written so that they run as printed (.venv/bin/... when the venv is not active).
 onsuccess:
-    print(end_of_run_message(OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON]), end="")
+    print(end_of_run_message(OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON], next_command), end="")
 
 
 onerror:
-    print(end_of_run_message(OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON]), end="")
-    print("pcamflow: some jobs failed (their logs are named above); `pcamflow status` shows the sweep")
+    print(end_of_run_message(OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON], next_command), end="")
+    print(
+        "pcamflow: some jobs failed (their logs are named above);"
+        f" `{next_command('pcamflow', 'status')}` shows the sweep"
+    )

@@ -7,7 +7,7 @@ from pcamflow.data.store import store_files
 
 rule throughput:
     input:
-        store=store_files(PREPARED, ["train"]),
+        store=store_files(STORE, ["train"]),
         # the course's loader (modes course and reopen) reads the raw train file
         raw=(raw_files("train") if {"course", "reopen"} & set(config["throughput"]["modes"]) else []),
     output:
@@ -30,7 +30,7 @@ rule throughput:
         partition=lambda wildcards: config["partitions"][wildcards.partition],
         settings=config["throughput"],
         training=RESULT_TRAINING,
-        store=PREPARED,
+        store=STORE,
     script:
         "../workflow_scripts/throughput.py"
 
@@ -39,8 +39,10 @@ rule throughput_summary:
     input:
         expand(THROUGHPUT_CSV, partition=config["partitions"]),
     output:
-        csv=report(THROUGHPUT_SUMMARY, caption="../report/throughput.rst", category="throughput"),
-        plot=report(THROUGHPUT_PLOT, caption="../report/throughput_scaling.rst", category="throughput"),
+        csv=report(THROUGHPUT_SUMMARY, caption="../report/throughput.rst", category=CATEGORY["throughput"]),
+        plot=report(
+            THROUGHPUT_PLOT, caption="../report/throughput_scaling.rst", category=CATEGORY["throughput"]
+        ),
     log:
         LOGS / "throughput_summary.log",
     conda:

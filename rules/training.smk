@@ -4,13 +4,10 @@ from datetime import datetime
 
 from pcamflow.data.store import store_files
 
-RUN_LABELS = {"model": "{model}", "lr": "{lr}", "batch size": "{batch_size}", "optimizer": "{optimizer}"}
-# the training settings as rule params (a change reruns the rule); device_resident only says where
-# batches are gathered (the same values either way): the train script reads it from the config
-
-
 # What a training job asks for; the preflight asks for exactly the same (profiles give both one share).
 TRAIN_THREADS = config["training"]["threads"]
+# a run's history.json: it exists once the run finished (its input function asks for each job)
+RUN_HISTORY = run_path(rundir.HISTORY)
 
 
 # the train and valid arrays are read into memory (memory-mapped when they would not fit)
@@ -21,7 +18,7 @@ TRAIN_MEM_MB = lambda wildcards, input: 2000 + int(2 * input_mb(input))
 # preflight's file among its inputs, so a new preflight never makes Snakemake retrain a finished run.
 checkpoint preflight:
     input:
-        store_files(PREPARED, ["train", "valid"]),
+        store_files(STORE, ["train", "valid"]),
     output:
         PREFLIGHT,
     log:
@@ -37,7 +34,7 @@ checkpoint preflight:
         points=grid_points(config),
         seed=config["seeds"][0],
         training=config["training"],
-        data=lambda wildcards, input: str(Path(input[0]).parent),
+        store=lambda wildcards, input: str(Path(input[0]).parent),
         # A preflight checks the node as it is now: a new value per invocation makes it run again
         # in every invocation that has training left to do (and only then: nothing else needs it).
         invocation=datetime.now().isoformat(timespec="seconds"),
@@ -48,19 +45,19 @@ checkpoint preflight:
 rule train:
     input:
         # the splits training reads (as validate_run_config checks); the test split is not one
-        store_files(PREPARED, ["train", "valid"]),
+        store_files(STORE, ["train", "valid"]),
         # a run still to do waits for the preflight; a finished one (its history exists) does not
         preflight=lambda wildcards: (
-            [] if Path(run_file("history.json", **wildcards)).exists() or checkpoints.preflight.get() else []
+            [] if os.path.exists(RUN_HISTORY.format(**wildcards)) or checkpoints.preflight.get() else []
         ),
     output:
-        history=run_path(rundir.HISTORY),
+        history=RUN_HISTORY,
         metrics=report(
             run_path(rundir.METRICS),
             caption="../report/training_metrics.rst",
-            category="training",
+            category=CATEGORY["training"],
             subcategory="{model}",
-            labels={**RUN_LABELS, "seed": "{seed}"},
+            labels={**GRID_LABELS, "seed": "{seed}"},
         ),
         run=run_path(rundir.RUN_INFO),
         best=run_path(rundir.BEST_CHECKPOINT),
@@ -83,8 +80,8 @@ rule train:
         seed=lambda wildcards: int(wildcards.seed),
         # operational keys (log_every, threads, ...) are read by the script: changing one reruns nothing
         training=RESULT_TRAINING,
-        # from the input, not PREPARED: Snakemake's lint wants path params derived from the files
-        data=lambda wildcards, input: str(Path(input[0]).parent),
+        # from the input, not STORE: Snakemake's lint wants path params derived from the files
+        store=lambda wildcards, input: str(Path(input[0]).parent),
         # resume checkpoints live outside the outputs, so a failed job's cleanup keeps them
         state_dir=STATE_DIR,
         # TensorBoard scalars while it trains: `tensorboard --logdir results/tensorboard` shows the sweep live

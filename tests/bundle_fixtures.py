@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pcamflow.config import validate_config
-from pcamflow.data.synthesize import generate_split
+from pcamflow.data.synth_tiles import generate_split
 from pcamflow.deployment.drift import HistogramAccumulator, histogram_moments, make_reference
 from pcamflow.deployment.export import write_bundle
 from pcamflow.training.models import build_model

@@ -16,12 +16,12 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "report", "config", "src", "profiles", "envs")
 
 
-def make_workflow_copy(dest: Path) -> Path:
+def make_workflow_copy(dest: Path, repo: Path = REPO) -> Path:
     """A directory that looks like the repository (symlinks) but keeps results/ and .snakemake/ apart."""
     dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
-        if (REPO / part).exists():
-            (dest / part).symlink_to(REPO / part)
+        if (repo / part).exists():
+            (dest / part).symlink_to(repo / part)
     return dest
 
 
@@ -52,7 +52,7 @@ def finished_test_sweep(tmp_path_factory) -> Path:
     the end-to-end tests that only read its outputs (one that changes anything works in
     copy_workflow(...)). As runs of a real sweep do, one run (TEST_SWEEP_FAILING_RUN) fails on
     every attempt. The run's terminal output is kept in terminal.txt."""
-    from pcamflow.training.runstatus import INJECT_ENV
+    from pcamflow.training.attempt import INJECT_ENV
 
     workdir = make_workflow_copy(tmp_path_factory.mktemp("test_sweep") / "wf")
     with mock.patch.dict(os.environ, {INJECT_ENV: f"*{TEST_SWEEP_FAILING_RUN}"}):

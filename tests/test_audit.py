@@ -165,6 +165,11 @@ def test_audit_finds_every_fault_the_generator_planted(tmp_path):
     )
     planted_pairs = sorted(record["cross_split_duplicates"], key=lambda p: (p["index_a"], p["index_b"]))
     assert planted_pairs and cross["pairs"] == planted_pairs
+    for split in record["splits"]:  # every planted copy within a split, and nothing else
+        planted = {
+            (d["copy_of"], d["index"]) for d in record["within_split_duplicates"] if d["split"] == split
+        }
+        assert planted and {tuple(g) for g in results[split].report["duplicates"]["groups"]} == planted
 
 
 def test_audit_says_whether_each_md5_traces_back_to_a_published_one(tmp_path):

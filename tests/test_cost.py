@@ -18,9 +18,9 @@ from pcamflow.throughput.cost import (
     Line,
     estimate,
     memory_warnings,
-    model_cost,
     run_hours,
 )
+from pcamflow.training.model_cost import model_cost
 
 PCAM_YAML = REPO / "config" / "pcam.yaml"
 COURSE_GRID = {"lr": [1e-3, 1e-4, 1e-5], "batch_size": [32, 64, 128], "optimizer": ["adam", "sgd"]}

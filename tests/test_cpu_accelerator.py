@@ -88,7 +88,6 @@ def test_no_data_training_or_evaluation_module_imports_numba():
         provenance.versions()  # run.json records numba's version without importing it
         import torch
         from pcamflow.data.transforms import BatchTransform
-from pcamflow.errors import PcamflowError
         stats = {"mean": [0.5] * 3, "std": [0.2] * 3}
         BatchTransform(stats, cpu_accelerator="off")(torch.zeros((4, 8, 8, 3), dtype=torch.uint8), train=True)
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite")))
@@ -117,8 +116,7 @@ def test_the_compiled_pass_leaves_torchs_threads_as_they_were():
         """
         import torch
         torch.set_num_threads(1)
-        from pcamflow.config import validate_training
-from pcamflow.data import transforms
+        from pcamflow.data import transforms
         x = torch.zeros((16, 8, 8, 3), dtype=torch.uint8)
         transforms.BatchTransform({"mean": [0.5] * 3, "std": [0.2] * 3})(x, train=True)
         assert transforms.cpu_accelerator() is not None
@@ -145,7 +143,6 @@ def test_without_numba_the_transform_falls_back_once_to_the_same_values(store):
         import numpy as np, torch
         from pcamflow.data.store import load_split, load_stats
         from pcamflow.data.transforms import BatchTransform
-from pcamflow.errors import PcamflowError
         x = torch.from_numpy(np.array(load_split({str(store)!r}, "train").x[:8]))
         stats = load_stats({str(store)!r})
         for _ in range(3):
@@ -160,8 +157,7 @@ from pcamflow.errors import PcamflowError
 
 
 READY = """
-    from pcamflow.config import validate_training
-from pcamflow.data import transforms
+    from pcamflow.data import transforms
     accelerator = transforms.cpu_accelerator()
     assert accelerator is not None
     print(sum(sum(p.stats.cache_hits.values()) for p in accelerator.compiled_passes()))

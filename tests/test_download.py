@@ -341,6 +341,24 @@ def test_cli_with_every_file_present_makes_no_connection(tmp_path):
     assert all((tmp_path / name).read_bytes() == b"a course copy" for name in RAW_NAMES)
 
 
+def test_cli_fetches_the_missing_meta_csvs_beside_files_already_present(server, tmp_path):
+    """docs/snellius.md's `pcamflow download --data-dir DIR --meta`, from the fake Zenodo."""
+    for name in RAW_NAMES:
+        (tmp_path / name).write_bytes(b"a course copy")
+    for split in ("train", "valid"):  # the server has no test meta CSV
+        server.files[constants.meta_filename(split)] = f"coord_y,coord_x,wsi\n1,2,{split}_001\n".encode()
+
+    proc = pcamflow("download", "--data-dir", str(tmp_path), "--meta", "--base-url", server.base_url)
+
+    assert "downloaded 0 file(s), 6 already present, 2 meta CSV(s)" in proc.stdout
+    assert sorted(name for name, _ in server.requests if name.endswith(".csv")) == sorted(
+        constants.meta_filename(split) for split in constants.SPLITS
+    )
+    assert (tmp_path / constants.meta_filename("train")).read_text().endswith("train_001\n")
+    assert not (tmp_path / constants.meta_filename("test")).exists()
+    assert all((tmp_path / name).read_bytes() == b"a course copy" for name in RAW_NAMES)
+
+
 # ---- the workflow ----
 
 

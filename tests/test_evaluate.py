@@ -8,6 +8,7 @@ import torch
 from sklearn import metrics as skm
 from train_fixtures import write_manifest
 
+from pcamflow import metrics
 from pcamflow.data.predictions import predict_proba
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation import evaluate as ev
@@ -90,6 +91,24 @@ def test_bootstrap_interval_is_the_percentile_of_resampled_metrics():
     assert value(table, "m", "", ev.AT_HALF, "roc_auc", "ci_high") == pytest.approx(np.quantile(aucs, 0.95))
     assert value(table, "m", "", ev.AT_HALF, "f2", "ci_high") == pytest.approx(np.quantile(f2s, 0.95))
     assert value(table, "m", "", ev.AT_HALF, "roc_auc") == pytest.approx(skm.roc_auc_score(y, prob))
+
+
+def test_each_resample_holds_the_metrics_of_its_tiles_exactly():
+    """Every bootstrap row equals binary_metrics of the resampled tiles, bit for bit (NaN where undefined)."""
+    y, prob = scores(150, 5)
+    models = [
+        ev.Predictions("m", "", prob, {ev.AT_HALF: 0.5, ev.AT_VALIDATION: 0.3}),
+        ev.Predictions("always positive", "", np.ones(y.size), {ev.AT_HALF: 0.5}),
+    ]
+    boot = ev.bootstrap_metrics(y, models, n_boot=20, seed=9)
+    rng = np.random.default_rng(9)  # the same resamples
+    for b in range(20):
+        idx = rng.integers(0, y.size, size=y.size)
+        for model, samples in zip(models, boot):
+            for t, threshold in model.thresholds.items():
+                expected = metrics.binary_metrics(y[idx], model.prob[idx], threshold)
+                want = [np.nan if expected[k] is None else expected[k] for k in ev.METRICS]
+                np.testing.assert_array_equal(samples[t][b], want)
 
 
 def test_bootstrap_is_reproducible_from_its_seed_and_changes_with_it():

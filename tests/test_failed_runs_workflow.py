@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import REPO, snakemake
 
-from pcamflow.training.runstatus import INJECT_ENV, INJECT_SIGNAL_ENV
+from pcamflow.training.attempt import INJECT_ENV, INJECT_SIGNAL_ENV
 
 # Two grid points (lr 0.001 and 0.01), one seed, one epoch: the smallest sweep with a champion.
 TINY = {

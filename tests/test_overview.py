@@ -24,7 +24,10 @@ def test_the_end_of_run_message_shows_the_overview_only_while_it_is_current(tmp_
     txt.write_text("pcamflow: the sweep is done.\n")
     failed.write_text("")
     os.utime(runs, (1, 1))
-    assert overview.end_of_run_message(txt, failed, [runs]) == "pcamflow: the sweep is done.\n"
+    message = overview.end_of_run_message(txt, failed, [runs])
+    assert message.startswith("pcamflow: the sweep is done.\n") and "FAILED" not in message
+    # then the next commands
+    assert message.endswith("  report     snakemake --report report.html\n  status     pcamflow status\n")
     # the summaries were made again (another target), the overview not: name the failed runs instead
     os.utime(txt, (0, 0))
     assert overview.end_of_run_message(txt, failed, [runs]) == ""
@@ -32,3 +35,50 @@ def test_the_end_of_run_message_shows_the_overview_only_while_it_is_current(tmp_
     message = overview.end_of_run_message(txt, failed, [runs])
     assert "1 run(s) FAILED" in message and "model~mlp/lr~1/seed~1/run.json" in message
     assert f"snakemake --forcerun $(cat {failed})" in message
+
+
+# ---- the first page tells the course journal's story: what the audit found, what prepare dropped ----
+
+
+def test_the_first_page_lists_the_planted_faults_found_and_dropped(tmp_path):
+    from pcamflow.constants import FAULTS
+    from pcamflow.data.audit import audit_split, cross_split_duplicates
+    from pcamflow.data.prepare import prepare_store
+    from pcamflow.data.rawdata import split_paths
+    from pcamflow.data.synthesize import write_synthetic
+
+    raw = tmp_path / "raw"
+    planted = write_synthetic(raw, n_train=200, n_valid=100, n_test=100, seed=3, poison=True)
+    paths = {split: split_paths(raw, split) for split in planted["splits"]}
+    results = {
+        s: audit_split(*p, block_size=64, black_max=10, white_min=245, split=s) for s, p in paths.items()
+    }
+    audits = {s: r.report for s, r in results.items()}
+    cross = cross_split_duplicates({s: r.hashes for s, r in results.items()}, audits)
+    stats = prepare_store(
+        paths,
+        tmp_path / "store",
+        audits=audits,
+        cross=cross,
+        drop_black_white_from=["train"],
+        drop_cross_split_duplicates=True,
+        block_size=64,
+    )
+    train = planted["splits"]["train"]
+    found = overview.audit_finding(audits["train"])
+    assert found.startswith("200 tiles, float32 (4x the uint8 size), ")
+    for fault in FAULTS:
+        assert f"{len(train[fault])} {fault.replace('_', '-')}" in found, (fault, found)
+    within = [d for d in planted["within_split_duplicates"] if d["split"] == "train"]
+    assert f"{2 * len(within)} tiles in {len(within)} duplicate groups" in found
+    dropped = overview.prepare_action(audits["train"], stats["counts"]["train"])
+    copies = len(planted["cross_split_duplicates"])
+    kept = 200 - len(train["black"]) - len(train["white"]) - copies
+    assert dropped.startswith(
+        f"prepare dropped {len(train['black'])} black, {len(train['white'])} white, {copies} copies of "
+        f"valid/test tiles; kept {kept} of 200; repaired "
+        f"{len(train['nan']) + len(train['inf']) + len(train['out_of_range'])} (NaN/inf -> 0"
+    ), dropped
+    assert overview.prepare_action(audits["test"], stats["counts"]["test"]).startswith(
+        "prepare kept all 100 tiles"
+    )

@@ -12,7 +12,7 @@ from pcamflow.data import transforms
 from pcamflow.data.loader import RESIDENT_SHARE, BatchLoader, device_resident, resident_copy, resident_fits
 from pcamflow.data.predictions import predict_proba
 from pcamflow.data.store import Split, load_split, load_stats
-from pcamflow.data.transforms import D4_SIZE, BatchTransform, apply_d4
+from pcamflow.data.transforms import D4_SIZE, BatchTransform, apply_d4, d4_affine
 from pcamflow.errors import PcamflowError
 
 
@@ -292,11 +292,11 @@ def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_v
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 96])
-def test_d4_affine_form_gives_every_index_map(size, accelerated):
+def test_d4_affine_form_gives_every_index_map(size):
     """The compiled pass's affine form of each D4 element moves every pixel where the torch ops do."""
     pixels = torch.arange(size * size).view(1, size, size, 1)  # each pixel holds its own number
     i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    for t, (base, row_step, col_step) in enumerate(accelerated.d4_affine(size)):
+    for t, (base, row_step, col_step) in enumerate(d4_affine(size)):
         np.testing.assert_array_equal(base + i * row_step + j * col_step, apply_d4(pixels, t)[0, :, :, 0])
 
 

@@ -180,10 +180,10 @@ def test_a_misspelt_site_setting_is_refused(monkeypatch, tmp_path, no_account):
         parse_profile(typo)
 
 
-def readme_rows() -> dict[str, list[str]]:
-    """The README's profile table: profile directory -> its cells."""
+def documented_rows() -> dict[str, list[str]]:
+    """The profile table of docs/snellius.md: profile directory -> its cells."""
     rows = {}
-    for line in (REPO / "README.md").read_text().splitlines():
+    for line in (REPO / "docs" / "snellius.md").read_text().splitlines():
         match = re.match(r"\| `profiles/([\w-]+)` \|(.*)\|$", line)
         if match:
             rows[match[1]] = [cell.strip() for cell in match[2].split("|")]
@@ -204,8 +204,8 @@ def promised_share(cell: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["snellius", "snellius-h100", "snellius-course"])
-def test_each_profile_resolves_to_what_its_readme_row_promises(name, no_account):
-    cpu, gpu, staging = readme_rows()[name]
+def test_each_profile_resolves_to_what_its_docs_row_promises(name, no_account):
+    cpu, gpu, staging = documented_rows()[name]
     profile = parse_profile(PROFILES / name / "config.yaml")
     defaults = profile["default-resources"]
     assert {k: defaults[k] for k in ("slurm_partition", "cpus_per_task", "mem_mb")} == promised_share(cpu)
@@ -253,6 +253,9 @@ def test_dry_run_plans_every_job_on_its_partition_without_a_cluster(name, workfl
         # the profile's partition for the rule; a throughput job's is the partition it measures
         rule_partition = profile["set-resources"].get(rule, {}).get("slurm_partition")
         assert resources["slurm_partition"] == (rule_partition or wildcards.get("partition", default)), rule
+        # a number, not Snakemake's default of twice the input size (<TBD> here): planning a sweep
+        # of thousands of runs looks up no job's input files for it
+        assert resources["disk_mb"] == profile["default-resources"]["disk_mb"], rule
 
 
 def test_local_profile_plans_the_workflow(workflow_dir):
@@ -267,7 +270,9 @@ COURSE_GPU_GB = 5  # a MIG 1g.5gb slice of an A100 (course journal)
 
 def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profile(no_account):
     pcam, course = (validate_config(load_yaml(REPO / "config" / f"{n}.yaml")) for n in ("pcam", "course"))
+    assert (pcam["experiment"], course["experiment"]) == ("pcam", "course")  # results/pcam/, results/course/
     changed = {
+        ("experiment",),  # its own results folder
         ("grid", "batch_size"),
         ("training", "eval_batch_size"),
         ("partitions",),
@@ -295,3 +300,42 @@ def test_course_config_is_pcam_yaml_sized_for_a_5_gb_slice_and_the_course_profil
         cpu["slurm_partition"]: {"device": "cpu", "cpus": int(cpu["cpus_per_task"]), "gpus": 0},
         gpu["slurm_partition"]: {"device": "cuda", "cpus": int(gpu["cpus_per_task"]), "gpus": 1},
     }
+
+
+WORKFLOW_PROFILE = PROFILES / "default" / "config.yaml"
+LOCAL_SETTINGS = {"cores": "all", "keep-going": "True", "rerun-incomplete": "True"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], LOCAL_SETTINGS),
+        (["-n", "results/summary/metrics_avg.csv"], LOCAL_SETTINGS),
+        (["--profile", "profiles/snellius"], {}),
+        (["--profile=profiles/snellius"], {}),
+        (["--executor", "slurm"], {}),
+        (["-e", "slurm"], {}),
+    ],
+)
+def test_the_workflow_profile_is_local_unless_another_is_named(monkeypatch, argv, expected):
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+    assert {k: str(v) for k, v in parse_profile(WORKFLOW_PROFILE).items() if k in LOCAL_SETTINGS} == expected
+    assert parse_profile(PROFILES / "local" / "config.yaml")["cores"] == "all"  # the one source
+
+
+def test_the_workflow_profile_finds_profiles_local_beside_the_snakefile(monkeypatch, tmp_path):
+    # Snakemake finds the workflow profile beside the Snakefile named with -s, from anywhere
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SNAKEMAKE_PROFILE", raising=False)
+    for argv in (["-s", str(REPO / "Snakefile")], [f"--snakefile={REPO / 'Snakefile'}"]):
+        monkeypatch.setattr("sys.argv", ["snakemake", *argv])
+        assert parse_profile(WORKFLOW_PROFILE)["cores"] == "all"
+    monkeypatch.setenv("SNAKEMAKE_PROFILE", "profiles/snellius")
+    assert "cores" not in parse_profile(WORKFLOW_PROFILE)
+    # a working directory without profiles/local: one line saying what is missing
+    monkeypatch.delenv("SNAKEMAKE_PROFILE")
+    monkeypatch.setattr("sys.argv", ["snakemake"])
+    with pytest.raises(ConfigFileParserException, match=r"profiles/local/config.yaml not found"):
+        parse_profile(WORKFLOW_PROFILE)

@@ -24,7 +24,17 @@ import pytest
 from conftest import REPO, TEST_SWEEP_FAILING_RUN, snakemake
 
 CONFIG = "config/test.yaml"
-CATEGORIES = {"overview", "data", "training", "sweep", "evaluation", "slices", "throughput", "cost"}
+# the report's sidebar sorts categories by name: numbered, they follow the journey
+CATEGORIES = [
+    "1 overview",
+    "2 data",
+    "3 training",
+    "4 sweep",
+    "5 evaluation",
+    "6 slices",
+    "7 throughput",
+    "8 cost",
+]
 # one run of the test config fails on every attempt (fault injection), as runs of a real sweep do
 FAILING_RUN = TEST_SWEEP_FAILING_RUN
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -103,7 +113,7 @@ def test_every_report_output_is_in_the_report(finished_report):
         assert matched, f"rule {rule}: the run produced no file for its report output {regex}"
         missing = sorted(set(matched) - set(results))
         assert not missing, f"rule {rule}: report() outputs missing from report.html: {missing}"
-    assert set(report_variable(html, "categories")) == CATEGORIES
+    assert sorted(report_variable(html, "categories")) == CATEGORIES
     uncaptioned = [path for path, r in results.items() if not (r["caption"] or "").strip()]
     assert not uncaptioned, f"results without a caption: {uncaptioned}"
 
@@ -124,8 +134,15 @@ def test_the_report_and_the_terminal_give_the_answer_first_and_name_the_failed_r
         "1 of 4",
         f"{FAILING_RUN}: InjectedFailure: failure injected",
         "data audit: train",
+        "prepare kept all",
         "tiles shared between splits",
-        "javascript:app.showResultInfo",  # the details cells link to the results
+        "throughput: gpu_a100",  # skipped for want of CUDA, and said so
+        "no CUDA",
+        "val_auc, the area under the ROC curve on the validation split",  # how to read it
+        "The validation threshold is the decision threshold",
+        "champion.metric: val_f2",
+        "at that threshold and",  # why F2 at the validation threshold differs from F2 at 0.5
+        "javascript:(function(n,p,r,v)",  # the details cells open the results
     ):
         assert expected in first_page, expected
     terminal = (finished_report / "terminal.txt").read_text()
@@ -133,9 +150,13 @@ def test_the_report_and_the_terminal_give_the_answer_first_and_name_the_failed_r
     assert lines[1].startswith("  champion   model~cnn/lr~0.001/batch_size~32/optimizer~adam")
     assert re.match(r"  test AUC   0\.\d{4} \[0\.\d{4}, [01]\.\d{4}\]  \(95% bootstrap interval\)", lines[2])
     assert lines[3].startswith("  test F2    ")
-    assert lines[4].startswith("  FAILED     1 run(s)") and FAILING_RUN in lines[5]
-    assert "snakemake --forcerun $(cat results/summary/failed_runs.txt)" in lines[6]
-    assert "snakemake --report report.html" in lines[7] and "pcamflow status" in lines[8]
+    assert lines[4].startswith("  data       train: ") and lines[5].startswith(
+        "             prepare kept all"
+    )
+    assert lines[6].startswith("  FAILED     1 run(s)") and FAILING_RUN in lines[7]
+    assert lines[8].startswith("  skipped    throughput on gpu_a100: ") and "no CUDA" in lines[8]
+    assert "snakemake --forcerun $(cat results/summary/failed_runs.txt)" in lines[9]
+    assert "snakemake --report report.html" in lines[10] and "pcamflow status" in lines[11]
 
 
 # ---------------------------------------------------------------- headless Chromium over a CDP pipe
@@ -338,3 +359,56 @@ def test_the_browser_check_catches_script_errors_and_broken_images(tmp_path, chr
     session = chromium.open(page.as_uri())
     assert chromium.evaluate(session, CHECK_PAGE_IMAGES) == ["broken"]
     assert any("notDefinedAnywhere" in error for error in chromium.errors())
+
+
+# ---------------------------------------------------------------- one click on a details link
+
+# Clicks a details link of the first page once (a real click on the <a>) and reads what the report
+# then shows: the table of an HTML result (its iframe), an image, or the text of another file.
+CLICK_DETAILS = r"""
+(async (name) => {
+  const sleep = ms => new Promise(done => setTimeout(done, ms));
+  const links = Array.from(document.querySelectorAll('table.pcamflow-overview a'));
+  const link = links.find(a => a.textContent === name);
+  if (!link) return {error: "no details link " + name};
+  const path = Object.keys(results).find(k => k.endsWith('/' + name));
+  link.click();
+  for (let i = 0; i < 200; i++) {
+    await sleep(25);
+    const frame = document.querySelector('iframe');
+    if (frame && frame.src.startsWith('data:')) {
+      const page = new DOMParser().parseFromString(await (await fetch(frame.src)).text(), 'text/html');
+      return {shown: 'html', table: page.querySelector('table') ? page.querySelector('table').innerText : null};
+    }
+    const img = Array.from(document.images).find(e => e.src === results[path].data_uri);
+    if (img) { await img.decode(); return {shown: 'img', width: img.naturalWidth}; }
+    const pre = document.querySelector('pre');
+    if (pre && pre.innerText) return {shown: 'text', text: pre.innerText};
+  }
+  return {error: "nothing shown after clicking " + name};
+})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("name", "shown", "expect"),
+    [
+        ("evaluate.html", "html", "majority class"),
+        ("train.png", "img", None),
+        ("runs.csv", "text", "run_dir"),
+    ],
+)
+def test_one_click_on_a_details_link_shows_what_it_names(finished_report, chromium, name, shown, expect):
+    session = chromium.open((finished_report / "report.html").as_uri())
+    # the overview leads the page; the rule graph below it is small
+    graph = chromium.evaluate(session, "document.querySelector('#rulegraph').getBoundingClientRect().width")
+    assert 0 < graph <= 500
+    result = chromium.evaluate(session, f"({CLICK_DETAILS})({json.dumps(name)})")
+    assert result.get("shown") == shown, result
+    if shown == "img":
+        assert result["width"] > 0
+    else:
+        assert expect in result["table" if shown == "html" else "text"], result
+    assert chromium.errors() == []

@@ -94,7 +94,8 @@ def test_compare_runs_reports_identical_and_different_twins(tmp_path):
 
 @pytest.mark.parametrize("chosen_by", ["champion", "config"])
 def test_write_reproducibility_trains_the_run_again_and_finds_it_identical(tmp_path, chosen_by):
-    from pcamflow.training.train import make_run_config, run_training
+    from pcamflow.training.runconfig import make_run_config
+    from pcamflow.training.train import run_training
 
     store = write_store(tmp_path / "store", {"train": 64, "valid": 32})
     training = {"epochs": 1, "mlp_hidden": [4], "threads": 1, "log_every": 1, "grad_norm_every": 1}

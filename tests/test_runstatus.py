@@ -6,7 +6,9 @@ import pytest
 from train_fixtures import write_store
 
 from pcamflow.errors import Preempted
-from pcamflow.training import runstatus, train
+from pcamflow.rundir import LAST_CHECKPOINT
+from pcamflow.training import attempt, runstatus, train
+from pcamflow.training.loop import TrainingDiverged
 
 pytestmark = pytest.mark.usefixtures("restore_torch_globals")
 
@@ -30,8 +32,8 @@ def diverging_config(store, epochs=1):
 
 
 def test_an_attempt_before_the_last_fails_so_snakemake_retries_it(store, tmp_path):
-    with pytest.raises(train.TrainingDiverged):
-        runstatus.train_or_record_failure(
+    with pytest.raises(TrainingDiverged):
+        attempt.train_or_record_failure(
             diverging_config(store), tmp_path / "out", tmp_path / "state", attempt=2, attempts=3
         )
     assert not (tmp_path / "out" / "run.json").exists()
@@ -39,7 +41,7 @@ def test_an_attempt_before_the_last_fails_so_snakemake_retries_it(store, tmp_pat
 
 def test_the_last_attempt_records_the_failure_in_every_declared_output(store, tmp_path):
     out = tmp_path / "out"
-    result = runstatus.train_or_record_failure(
+    result = attempt.train_or_record_failure(
         diverging_config(store), out, tmp_path / "state", attempt=3, attempts=3, live_dir=tmp_path / "live"
     )
     assert result is None
@@ -58,27 +60,23 @@ def test_a_run_preempted_on_its_last_attempt_is_recorded_and_keeps_its_resume_st
 ):
     def preempted(*args, **kwargs):
         (tmp_path / "state").mkdir()
-        (tmp_path / "state" / train.LAST_CHECKPOINT).write_bytes(b"resume me")
+        (tmp_path / "state" / LAST_CHECKPOINT).write_bytes(b"resume me")
         raise Preempted("SIGTERM: checkpointed at step 40; run again to resume")
 
     monkeypatch.setattr(train, "run_training", preempted)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the time limit's SIGTERM, on the job's last attempt
-    runstatus.train_or_record_failure(
-        {"seed": 1}, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1
-    )
+    attempt.train_or_record_failure({"seed": 1}, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1)
     failure = runstatus.run_status(tmp_path / "out")["failure"]
     assert failure == {
         "reason": "Preempted: SIGTERM: checkpointed at step 40; run again to resume",
         "attempts": 1,
     }
-    assert (
-        tmp_path / "state" / train.LAST_CHECKPOINT
-    ).read_bytes() == b"resume me"  # a retry resumes from it
+    assert (tmp_path / "state" / LAST_CHECKPOINT).read_bytes() == b"resume me"  # a retry resumes from it
 
 
 def test_a_successful_run_says_done_and_an_old_run_json_counts_as_done(store, tmp_path):
     config = {**diverging_config(store), "lr": 0.01}
-    runstatus.train_or_record_failure(config, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1)
+    attempt.train_or_record_failure(config, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1)
     assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "done"
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text(json.dumps({"seed": 1}))
@@ -86,10 +84,10 @@ def test_a_successful_run_says_done_and_an_old_run_json_counts_as_done(store, tm
 
 
 def test_an_injected_failure_hits_only_the_runs_it_names(store, tmp_path, monkeypatch):
-    monkeypatch.setenv(runstatus.INJECT_ENV, "*/lr~0.5/*")
-    with pytest.raises(runstatus.InjectedFailure, match="injected by PCAMFLOW_INJECT_FAILURE"):
-        runstatus.check_injected_failure(tmp_path / "model~mlp" / "lr~0.5" / "seed~1")
-    runstatus.check_injected_failure(tmp_path / "model~mlp" / "lr~0.05" / "seed~1")
+    monkeypatch.setenv(attempt.INJECT_ENV, "*/lr~0.5/*")
+    with pytest.raises(attempt.InjectedFailure, match="injected by PCAMFLOW_INJECT_FAILURE"):
+        attempt.check_injected_failure(tmp_path / "model~mlp" / "lr~0.5" / "seed~1")
+    attempt.check_injected_failure(tmp_path / "model~mlp" / "lr~0.05" / "seed~1")
 
 
 @pytest.mark.parametrize(
@@ -109,7 +107,7 @@ def test_a_stop_the_user_asked_for_stays_resumable_on_the_last_attempt(
     else:
         monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(Preempted):
-        runstatus.train_or_record_failure(
+        attempt.train_or_record_failure(
             {"seed": 1}, tmp_path / "out", tmp_path / "state", attempt=1, attempts=1
         )
     assert not (tmp_path / "out" / "run.json").exists()  # a rerun resumes it; nothing is marked failed

@@ -39,7 +39,7 @@ from pcamflow.throughput.cost import (
     estimate,
     sbu_by_rule,
 )
-from pcamflow.training.runstatus import INJECT_ENV
+from pcamflow.training.attempt import INJECT_ENV
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -14,6 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from pcamflow import constants
 from pcamflow.data import synthesize as synth
+from pcamflow.data.synth_tiles import BLOCK_TILES, generate_split
+from pcamflow.data.synth_tissue import HI, LO
 from pcamflow.errors import PcamflowError
 
 SIZES = {"train": 300, "valid": 120, "test": 120}
@@ -62,7 +64,7 @@ def poisoned_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def blocks():
     """Rendered blocks with what they truly hold (tumour masks), from a larger train split."""
-    return [block for _, block in synth.generate_split(SEED, "train", 512)]
+    return [block for _, block in generate_split(SEED, "train", 512)]
 
 
 def test_files_have_pcam_layout(clean_dir):
@@ -94,16 +96,16 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(clean_dir, tm
 
 
 def test_worker_processes_render_the_same_tiles():
-    n = synth.BLOCK_TILES + 20  # two blocks
-    serial = list(synth.generate_split(SEED, "valid", n))
-    parallel = list(synth.generate_split(SEED, "valid", n, workers=2))
-    assert [start for start, _ in parallel] == [start for start, _ in serial] == [0, synth.BLOCK_TILES]
+    n = BLOCK_TILES + 20  # two blocks
+    serial = list(generate_split(SEED, "valid", n))
+    parallel = list(generate_split(SEED, "valid", n, workers=2))
+    assert [start for start, _ in parallel] == [start for start, _ in serial] == [0, BLOCK_TILES]
     for (_, a), (_, b) in zip(serial, parallel):
         assert np.array_equal(a.x, b.x) and np.array_equal(a.y, b.y)
 
 
 def test_label_is_tumour_touching_the_centre_region(blocks, clean_dir):
-    lo, hi = synth.LO, synth.HI
+    lo, hi = LO, HI
     assert (lo, hi - lo) == (32, constants.CENTRE)
     for block in blocks:
         assert np.array_equal(block.y, block.tumour[:, lo:hi, lo:hi].any(axis=(1, 2)))
@@ -134,7 +136,7 @@ def test_centre_darkness_does_not_give_the_label_away(blocks):
     count dark pixels): the centre's mean darkness alone separates the classes only weakly."""
     x = np.concatenate([b.x for b in blocks]).astype(np.float32)
     y = np.concatenate([b.y for b in blocks])
-    darkness = -x[:, synth.LO : synth.HI, synth.LO : synth.HI].mean(axis=(1, 2, 3))
+    darkness = -x[:, LO:HI, LO:HI].mean(axis=(1, 2, 3))
     assert roc_auc_score(y, darkness) < 0.75
 
 
@@ -153,8 +155,9 @@ def test_two_scanning_centres_stain_differently(clean_dir, blocks):
 def test_clean_data_has_no_faults(clean_dir):
     record = json.loads((clean_dir / constants.PLANTED_FILE).read_text())
     assert record["poison"] is False and record["seed"] == SEED
-    assert record["cross_split_duplicates"] == []
+    assert record["cross_split_duplicates"] == [] and record["within_split_duplicates"] == []
     assert all(tiles == [] for split in record["splits"].values() for tiles in split.values())
+    assert all(tiles == [] for tiles in record["dark"].values())
     hashes = []
     for split in SIZES:
         x, _ = _read(clean_dir, split)
@@ -171,7 +174,7 @@ def test_poisoned_copy_holds_exactly_what_it_records(poisoned_dir, clean_dir):
         x, y = _read(poisoned_dir, split)
         assert x.dtype == np.float32 and x.shape == (n, *constants.TILE_SHAPE)
         planted = record["splits"][split]
-        assert set(planted) == set(synth.FAULTS)
+        assert set(planted) == set(constants.FAULTS)
         faulty = [i for tiles in planted.values() for i in tiles]
         assert len(faulty) == len(set(faulty))  # one fault per tile
         assert all(tiles for tiles in planted.values())  # every fault is planted
@@ -186,12 +189,25 @@ def test_poisoned_copy_holds_exactly_what_it_records(poisoned_dir, clean_dir):
             assert (x[i] == 0).all()
         for i in planted["white"]:
             assert (x[i] == 255).all()
-        # every other tile is a clean tile, equal to the clean data of the same seed
-        others = np.setdiff1d(np.arange(n), faulty)
-        copied = [d["index_a"] for d in record["cross_split_duplicates"]] if split == "train" else []
-        others = np.setdiff1d(others, copied)
         clean_x, clean_y = _read(clean_dir, split)
+        # dark tiles: the clean tile under-exposed into the slices' dark bin, never black
+        dark = record["dark"][split]
+        assert len(dark) >= 0.03 * n and not set(dark) & set(faulty)
+        for i in dark:
+            assert 0.1 < x[i].mean() / 255 < 0.35 and x[i].max() > 10
+            assert np.corrcoef(x[i].ravel(), clean_x[i].ravel().astype(np.float32))[0, 1] > 0.999
+        # copies of another tile of the same split: exact, labels and all, on tiles without a fault
+        within = [d for d in record["within_split_duplicates"] if d["split"] == split]
+        assert within and all(d["copy_of"] < d["index"] for d in within)
+        for d in within:
+            assert np.array_equal(x[d["index"]], x[d["copy_of"]]) and y[d["index"]] == y[d["copy_of"]]
+        copies = [d["index"] for d in within]
+        assert not set(copies + [d["copy_of"] for d in within]) & set(faulty + dark)
+        # every other tile is a clean tile, equal to the clean data of the same seed
+        copied = [d["index_a"] for d in record["cross_split_duplicates"]] if split == "train" else []
+        others = np.setdiff1d(np.arange(n), faulty + dark + copies + copied)
         assert np.array_equal(x[others], clean_x[others].astype(np.float32))
+        copied += copies
         assert np.array_equal(np.delete(y, copied), np.delete(clean_y, copied))  # faults keep labels
 
 

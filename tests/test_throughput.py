@@ -89,7 +89,7 @@ def test_data_rows_carry_their_speedup_over_each_baseline_at_the_same_batch_size
         row("train", 500.0, batch_size=8),
     ]
     out = add_bottleneck(pd.DataFrame(rows))
-    assert "speedup_vs_naive" not in out  # "naive" named two different loaders over time
+    assert "speedup_vs_naive" not in out  # the column's old name (the mode was once called naive)
     course, reopen = out["speedup_vs_course"].tolist(), out["speedup_vs_reopen"].tolist()
     assert course[0] == 30.0 and reopen[0] == 100.0
     assert all(pd.isna(v) for v in course[1:] + reopen[1:])

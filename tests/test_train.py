@@ -16,11 +16,12 @@ from conftest import REPO
 from train_fixtures import write_store
 
 from pcamflow import rundir
-from pcamflow.errors import PcamflowError
+from pcamflow.errors import EXIT_PREEMPTED, PcamflowError, Preempted
 from pcamflow.rundir import TIMING_FIELDS
-from pcamflow.training import train
+from pcamflow.training import loop, runconfig
 from pcamflow.training.checkpoint import load_checkpoint, load_model
-from pcamflow.training.train import EXIT_PREEMPTED, lr_factor, run_training
+from pcamflow.training.step import build_optimizer, global_grad_norm, lr_factor
+from pcamflow.training.train import run_training
 
 STEPS_PER_EPOCH = 6  # 120 tiles / batch 20
 
@@ -124,7 +125,7 @@ def test_a_device_resident_run_gives_the_host_runs_history_bit_for_bit(reference
 
 def test_a_run_checkpointed_device_resident_resumes_with_host_gathers(reference, store, tmp_path):
     state = tmp_path / "state"
-    with pytest.raises(train.Preempted):
+    with pytest.raises(Preempted):
         run_training_with_signal_at_first_step(run_config(store, device_resident=True), tmp_path / "a", state)
     run_training(run_config(store, device_resident=False), tmp_path / "b", state)
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] == {"epoch": 1, "step": 1}
@@ -203,29 +204,29 @@ def test_a_slurm_warning_signal_checkpoints_and_exits_for_a_retry(reference, sto
 def test_a_checkpoint_of_another_config_is_not_resumed(store, tmp_path, caplog):
     state = tmp_path / "state"
     first = run_config(store, epochs=1)
-    with pytest.raises(train.Preempted):
+    with pytest.raises(Preempted):
         # stop right after the first step: a SIGTERM sent to ourselves
         run_training_with_signal_at_first_step(first, tmp_path / "a", state)
     assert (state / "checkpoint_last.pt").exists()
-    caplog.set_level(logging.INFO, logger="pcamflow.training.train")
+    caplog.set_level(logging.INFO, logger="pcamflow.training")
     run_training(run_config(store, epochs=1, dropout=0.1), tmp_path / "b", state)
     assert "not resuming" in caplog.text and "run config changed" in caplog.text
     assert json.loads((tmp_path / "b" / "run.json").read_text())["resumed_from"] is None
 
 
 def run_training_with_signal_at_first_step(config, out, state, sig=signal.SIGTERM):
-    original = train.train_step
+    original = loop.train_step
 
     def step_then_signal(*args, **kwargs):
         result = original(*args, **kwargs)
         os.kill(os.getpid(), sig)
         return result
 
-    train.train_step = step_then_signal
+    loop.train_step = step_then_signal
     try:
         run_training(config, out, state)
     finally:
-        train.train_step = original
+        loop.train_step = original
 
 
 @pytest.mark.parametrize(
@@ -254,7 +255,7 @@ def test_training_switches_run_and_learn(store, tmp_path, training):
 
 
 def test_non_terminal_logs_show_throughput_and_data_time(store, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pcamflow.training.train")
+    caplog.set_level(logging.INFO, logger="pcamflow.training")
     run_training({**run_config(store, epochs=1), "model": "mlp"}, tmp_path)
     step_lines = [r.getMessage() for r in caplog.records if "img/s, data" in r.getMessage()]
     assert len(step_lines) == STEPS_PER_EPOCH // 2  # log_every = 2
@@ -298,7 +299,7 @@ def test_the_command_exits_2_with_one_line_on_a_bad_config(store, tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"pcamflow: error: run config: key 'model': 'vgg' is not one of {train.run_config_schema()['properties']['model']['enum']}"
+        f"pcamflow: error: run config: key 'model': 'vgg' is not one of {runconfig.run_config_schema()['properties']['model']['enum']}"
     ]
 
 
@@ -315,17 +316,17 @@ def test_learning_rate_schedules():
 def test_optimizers_and_global_grad_norm():
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     settings = {"weight_decay": 0.01, "momentum": 0.9, "nesterov": True}
-    sgd = train.build_optimizer(model, "sgd", 0.1, settings)
+    sgd = build_optimizer(model, "sgd", 0.1, settings)
     assert sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["momentum"] == 0.9
-    assert isinstance(train.build_optimizer(model, "adamw", 0.1, settings), torch.optim.AdamW)
+    assert isinstance(build_optimizer(model, "adamw", 0.1, settings), torch.optim.AdamW)
     model(torch.randn(5, 4)).sum().backward()
     expected = torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))
-    torch.testing.assert_close(train.global_grad_norm(model.parameters()), expected)
+    torch.testing.assert_close(global_grad_norm(model.parameters()), expected)
 
 
 def test_ctrl_c_checkpoints_like_sigterm(store, tmp_path):
     """SIGINT (Ctrl-C in a terminal or of a local workflow) checkpoints and stops like SIGTERM."""
-    with pytest.raises(train.Preempted, match="SIGINT: checkpointed at step 1"):
+    with pytest.raises(Preempted, match="SIGINT: checkpointed at step 1"):
         run_training_with_signal_at_first_step(
             run_config(store, epochs=1), tmp_path / "a", tmp_path / "state", signal.SIGINT
         )
@@ -355,14 +356,14 @@ def live_scalars(live_dir) -> dict[str, list[int]]:
 
 def test_live_events_are_readable_while_the_run_trains(store, tmp_path, monkeypatch):
     seen = {}
-    original = train.save_resume_state
+    original = loop.save_resume_state
 
     def checkpoint_and_look(run, progress, why):
         original(run, progress, why)
         if why == "epoch end" and progress.epoch == 1:  # epoch 1 of 3 done, the run still going
             seen.update(live_scalars(tmp_path / "live"))
 
-    monkeypatch.setattr(train, "save_resume_state", checkpoint_and_look)
+    monkeypatch.setattr(loop, "save_resume_state", checkpoint_and_look)
     run_training(run_config(store), tmp_path / "out", live_dir=tmp_path / "live")
     epoch_one = [s for s in range(1, STEPS_PER_EPOCH + 1) if s % 2 == 0 or s % 3 == 0]
     assert seen["step/train_loss_step"] == epoch_one
@@ -397,6 +398,6 @@ def test_a_killed_and_resumed_run_shows_every_step_once_in_its_live_events(store
 
 def test_a_diverging_run_stops_with_the_step_and_the_reason(store, tmp_path):
     config = {**run_config(store, epochs=1, log_every=1, warmup_epochs=0), "lr": 1e30}
-    with pytest.raises(train.TrainingDiverged, match=r"training loss is (nan|inf) at step \d+ \(epoch 1\)"):
+    with pytest.raises(loop.TrainingDiverged, match=r"training loss is (nan|inf) at step \d+ \(epoch 1\)"):
         run_training(config, tmp_path / "out")
     assert not (tmp_path / "out" / "history.json").exists()

@@ -90,7 +90,7 @@ def test_a_training_process_killed_by_sigkill_is_retried_then_recorded_as_failed
     info = json.loads((out / "run.json").read_text())
     assert info["status"] == "failed" and info["failure"] == {"reason": OOM_REASON, "attempts": 2}
     assert info["steps_done"] > 0 and info["run_config"] == config  # from the resume checkpoint
-    assert runstatus.is_failed(out)
+    assert runstatus.run_status(out)["status"] == "failed"
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert (out / TENSORBOARD).is_dir()
@@ -107,7 +107,7 @@ def test_a_crash_in_native_code_is_recorded_with_the_python_stack_in_the_log(sto
         == "killed by signal SIGSEGV (a crash in native code; the log holds the Python stack)"
     )
     log = (tmp_path / "train.log").read_text()
-    assert "Fatal Python error: Segmentation fault" in log and "pcamflow/training/train.py" in log
+    assert "Fatal Python error: Segmentation fault" in log and "pcamflow/training/loop.py" in log
 
 
 def test_the_childs_exit_code_and_its_one_line_reach_the_job(store, tmp_path, capfd):

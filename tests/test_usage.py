@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pcamflow import slurm
 from pcamflow.throughput import usage
 from pcamflow.throughput.cost import SBU_PER_GPU_HOUR, Line
 
@@ -11,12 +12,12 @@ RULES = ["audit", "plot_grid_point", "train"]
 
 
 def test_allocation_and_rule_from_what_sacct_shows():
-    assert usage.allocation("billing=18,cpu=18,gres/gpu=1,mem=120G,node=1") == {
+    assert slurm.allocation("billing=18,cpu=18,gres/gpu=1,mem=120G,node=1") == {
         "cpus": 18,
         "mem_mb": 120 * 1024,
         "gpus": 1,
     }
-    assert usage.allocation("cpu=2,mem=3500M,node=1")["mem_mb"] == 3500
+    assert slurm.allocation("cpu=2,mem=3500M,node=1")["mem_mb"] == 3500
     assert usage.rule_of("rule_train_wildcards_cnn_0.001_32_adam_1", RULES) == "train"
     assert usage.rule_of("rule_plots_plot_grid_point", RULES) == "plot_grid_point"  # a group job
 

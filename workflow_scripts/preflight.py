@@ -6,7 +6,7 @@ from pcamflow.training.preflight import run_preflight
 
 def main(smk):
     training = dict(smk.params.training, threads=smk.threads)  # what Snakemake granted (--set-threads)
-    run_preflight(smk.params.points, smk.params.seed, training, smk.params.data, smk.output[0])
+    run_preflight(smk.params.points, smk.params.seed, training, smk.params.store, smk.output[0])
 
 
 run_script(snakemake, main)

@@ -10,14 +10,15 @@ from pathlib import Path
 
 from pcamflow.config import operational_settings
 from pcamflow.smk import run_script
-from pcamflow.training.job import make_run_config, supervise_training
+from pcamflow.training.job import supervise_training
+from pcamflow.training.runconfig import make_run_config
 
 
 def main(smk):
     # operational keys are not params (changing one must not retrain): read from the config
     training = {**smk.params.training, **operational_settings(smk.config, "training")}
     training["threads"] = smk.threads  # what Snakemake granted (--set-threads)
-    run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.data)
+    run_config = make_run_config(smk.params.point, smk.params.seed, training, smk.params.store)
     # a Preempted run (checkpointed on SIGTERM/SIGUSR1) exits 75: the retry resumes it
     supervise_training(
         run_config,

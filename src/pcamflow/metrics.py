@@ -1,9 +1,15 @@
-"""Binary classification metrics, one function each, equal to scikit-learn's (tested against it).
+"""Binary classification metrics: scikit-learn's, with None and a reason where a metric is undefined.
 
 Every metric takes labels in {0, 1}; the threshold metrics take hard predictions in {0, 1} and the
 ranking metrics take P(positive). A metric that is undefined on the given labels (e.g. ROC-AUC with
-one class only, recall/F-beta without any positive label) returns None, never 0 or NaN, and
-`undefined_reason` says why (the slices table reports the reason in a column).
+one class only, recall/F-beta without any positive label) returns None, never 0 or NaN and never a
+warning, and `undefined_reason` says why (the slices table reports the reason in a column).
+
+The threshold metrics and the confusion matrix are scikit-learn's. ROC-AUC and average precision
+are computed here (RankedScores): scikit-learn's differ from these in the last bit for about a third
+of inputs (its ROC area is a sum of trapezoids; the Mann-Whitney count here is exact). The bootstrap
+needs every metric on a thousand resamples of each model, where scikit-learn's calls would take
+minutes: it counts resampled tiles instead (resampled_threshold_metrics, RankedScores(...).auc_and_ap).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ NO_PREDICTED_POSITIVES = "no predicted positives"
 EMPTY = "no samples"
 METRIC_NAMES = ("accuracy", "precision", "recall", "f2", "fbeta", "roc_auc", "pr_auc", "average_precision")
 # is_better lives here, not in train.py, so that aggregation jobs rank without importing torch.
+# scikit-learn is imported inside the metrics that use it: the import takes seconds, and those
+# jobs import this module for is_better only.
 
 
 def is_better(value: float | None, best: float | None, metric: str) -> bool:
@@ -38,78 +46,153 @@ def _scores(prob) -> np.ndarray:
     return np.asarray(prob, dtype=np.float64).ravel()
 
 
+# ---------------------------------------------------------------- threshold metrics (scikit-learn)
+
+
 def confusion(y_true, y_pred) -> np.ndarray:
-    """2 x 2 counts [[tn, fp], [fn, tp]], laid out like sklearn's confusion_matrix(labels=[0, 1])."""
+    """2 x 2 counts [[tn, fp], [fn, tp]] (scikit-learn's confusion_matrix; all zeros without samples)."""
+    from sklearn.metrics import confusion_matrix
+
     y, p = _labels(y_true), _labels(y_pred)
-    tp = int(np.count_nonzero(y & p))
-    fp = int(np.count_nonzero(~y & p))
-    fn = int(np.count_nonzero(y & ~p))
-    tn = y.size - tp - fp - fn
-    return np.array([[tn, fp], [fn, tp]], dtype=np.int64)
+    if y.size == 0:
+        return np.zeros((2, 2), dtype=np.int64)
+    return confusion_matrix(y, p, labels=[False, True]).astype(np.int64, copy=False)
 
 
 def accuracy(y_true, y_pred) -> float | None:
+    from sklearn.metrics import accuracy_score
+
     y, p = _labels(y_true), _labels(y_pred)
-    if y.size == 0:
-        return None
-    return float(np.count_nonzero(y == p) / y.size)
+    return None if y.size == 0 else float(accuracy_score(y, p))
 
 
 def precision(y_true, y_pred) -> float | None:
-    (_, fp), (_, tp) = confusion(y_true, y_pred)
-    return None if tp + fp == 0 else float(tp / (tp + fp))
+    """Undefined (None) without predicted positives, where scikit-learn would warn and give 0."""
+    from sklearn.metrics import precision_score
+
+    y, p = _labels(y_true), _labels(y_pred)
+    return None if not p.any() else float(precision_score(y, p))
 
 
 def recall(y_true, y_pred) -> float | None:
-    (_, _), (fn, tp) = confusion(y_true, y_pred)
-    return None if tp + fn == 0 else float(tp / (tp + fn))
+    """Undefined (None) without positive labels, where scikit-learn would warn and give 0."""
+    from sklearn.metrics import recall_score
+
+    y, p = _labels(y_true), _labels(y_pred)
+    return None if not y.any() else float(recall_score(y, p))
 
 
 def fbeta(y_true, y_pred, beta: float = 2.0) -> float | None:
     """F-beta (beta = 2 weighs recall 4x); undefined without positive labels (recall is 0/0)."""
-    (_, fp), (fn, tp) = confusion(y_true, y_pred)
-    if tp + fn == 0:
-        return None
+    from sklearn.metrics import fbeta_score
+
+    y, p = _labels(y_true), _labels(y_pred)
+    return None if not y.any() else float(fbeta_score(y, p, beta=beta))
+
+
+def resampled_threshold_metrics(counts: np.ndarray, y_true, y_pred, beta: float = 2.0) -> tuple:
+    """(accuracy, precision, recall, F-beta) of the resample that holds tile i counts[i] times.
+
+    The numbers of the functions above, bit for bit, None where undefined: counted here because the
+    bootstrap needs them on a thousand resamples per model, and scikit-learn's calls take
+    milliseconds each (minutes per evaluation instead of seconds)."""
+    y, p = _labels(y_true), _labels(y_pred)
+    n, positives, predicted, tp = int(counts.sum()), int(counts @ y), int(counts @ p), int(counts @ (y & p))
+    fp, fn = predicted - tp, positives - tp
     b2 = beta * beta
-    return float((1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp))
+    return (
+        None if n == 0 else (n - fp - fn) / n,
+        None if predicted == 0 else tp / predicted,
+        None if positives == 0 else tp / positives,
+        None if positives == 0 else (1 + b2) * tp / ((1 + b2) * tp + b2 * fn + fp),
+    )
+
+
+# ---------------------------------------------------------------- ranking metrics
+
+
+class RankedScores:
+    """One model's tiles sorted once by score, in runs of equal score (one threshold per run).
+
+    The ranking metrics of a resample that holds tile i counts[i] times come from per-run counts,
+    without sorting again: the bootstrap's resamples cost O(n) each instead of a sort each."""
+
+    def __init__(self, y_true, prob):
+        y, s = _labels(y_true), _scores(prob)
+        if y.size != s.size:
+            raise ValueError(f"ranking metrics: {y.size} labels but {s.size} scores")
+        self._order = np.argsort(-s, kind="stable")  # highest score first
+        self._y = y[self._order]
+        ranked = s[self._order]
+        self._starts = np.r_[0, np.flatnonzero(np.diff(ranked)) + 1] if s.size else np.zeros(0, np.intp)
+
+    def _runs(self, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(tiles, positives) per run that holds any tile, highest score first (int64)."""
+        w = np.ones(self._y.size, np.int64) if counts is None else np.asarray(counts, np.int64)[self._order]
+        if w.size == 0:
+            return w, w
+        tiles = np.add.reduceat(w, self._starts)
+        positives = np.add.reduceat(w * self._y, self._starts)
+        held = tiles > 0
+        return tiles[held], positives[held]
+
+    def roc_auc(self, counts: np.ndarray | None = None) -> float | None:
+        """Area under the ROC curve: the Mann-Whitney U (a tie counts half) over n_pos * n_neg."""
+        return self._roc_auc(*self._runs(counts))
+
+    def average_precision(self, counts: np.ndarray | None = None) -> float | None:
+        """PR-AUC as scikit-learn defines it: sum over thresholds of (R_n - R_{n-1}) * P_n."""
+        return self._average_precision(*self._runs(counts))
+
+    def auc_and_ap(self, counts: np.ndarray | None = None) -> tuple[float | None, float | None]:
+        """(roc_auc, average_precision) from one pass over the runs."""
+        runs = self._runs(counts)
+        return self._roc_auc(*runs), self._average_precision(*runs)
+
+    @staticmethod
+    def _roc_auc(tiles: np.ndarray, positives: np.ndarray) -> float | None:
+        negatives = tiles - positives
+        n_pos, n_neg = int(positives.sum()), int(negatives.sum())
+        if n_pos == 0 or n_neg == 0:
+            return None
+        below = n_neg - np.cumsum(negatives)  # negatives scored lower than each run
+        twice_u = int(positives @ (2 * below + negatives))  # integers: exact, one rounding at the end
+        return twice_u / 2 / (n_pos * n_neg)
+
+    @staticmethod
+    def _average_precision(tiles: np.ndarray, positives: np.ndarray) -> float | None:
+        tps = np.cumsum(positives)
+        if tps.size == 0 or tps[-1] == 0:
+            return None
+        precisions = tps / np.cumsum(tiles)
+        recalls = tps / tps[-1]
+        return float(np.sum(np.diff(recalls, prepend=0.0) * precisions))
 
 
 def roc_auc(y_true, prob) -> float | None:
-    """Area under the ROC curve as the Mann-Whitney statistic with average ranks for ties."""
-    y, s = _labels(y_true), _scores(prob)
-    n_pos = int(np.count_nonzero(y))
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    """Area under the ROC curve (ties count half); undefined with one class only."""
+    return RankedScores(y_true, prob).roc_auc()
 
 
 def average_precision(y_true, prob) -> float | None:
-    """PR-AUC as sklearn defines it: sum over distinct thresholds of (R_n - R_{n-1}) * P_n."""
-    y, s = _labels(y_true), _scores(prob)
-    if not y.any():
-        return None
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    # last position of each run of equal scores: one threshold per distinct score
-    ends = np.r_[np.flatnonzero(np.diff(s)), y.size - 1]
-    tps = np.cumsum(y)[ends]
-    precisions = tps / (ends + 1)
-    recalls = tps / tps[-1]
-    return float(np.sum(np.diff(recalls, prepend=0.0) * precisions))
+    """PR-AUC (average precision, as scikit-learn defines it); undefined without positive labels."""
+    return RankedScores(y_true, prob).average_precision()
+
+
+# ---------------------------------------------------------------- all of them, and why one is undefined
 
 
 def binary_metrics(y_true, prob, threshold: float = 0.5) -> dict[str, float | None]:
     """accuracy, precision, recall, f2 at `threshold` (prob >= threshold is positive), roc_auc, pr_auc."""
     pred = _scores(prob) >= threshold
+    auc, ap = RankedScores(y_true, prob).auc_and_ap()
     return {
         "accuracy": accuracy(y_true, pred),
         "precision": precision(y_true, pred),
         "recall": recall(y_true, pred),
         "f2": fbeta(y_true, pred, beta=2.0),
-        "roc_auc": roc_auc(y_true, prob),
-        "pr_auc": average_precision(y_true, prob),
+        "roc_auc": auc,
+        "pr_auc": ap,
     }
 
 
@@ -131,15 +214,3 @@ def undefined_reason(y_true, metric: str, y_pred=None) -> str | None:
         if not _labels(y_pred).any():
             return NO_PREDICTED_POSITIVES
     return None
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank (like scipy.stats.rankdata)."""
-    order = np.argsort(values, kind="stable")
-    sorted_vals = values[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_vals)) + 1]
-    ends = np.r_[starts[1:], values.size]
-    mean_rank = (starts + ends + 1) / 2.0  # average of ranks start+1 .. end
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks

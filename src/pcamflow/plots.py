@@ -258,13 +258,15 @@ def html_table(frame: pd.DataFrame, title: str, path: str | os.PathLike, notes: 
         path,
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_TABLE_CSS}</style></head>"
-        f"<body><h3>{html.escape(title)}</h3>{body}{note_html}</body></html>\n",
+        f"<body><h3>{html.escape(title)}</h3><div class='scroll'>{body}</div>{note_html}</body></html>\n",
     )
 
 
 _TABLE_CSS = (
     "body{font-family:sans-serif;font-size:13px;margin:12px}"
     "table{border-collapse:collapse}th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}"
-    "td{white-space:nowrap}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
+    # wide tables wrap their text cells and, if still too wide, scroll inside the page
+    ".scroll{max-width:100%;overflow-x:auto}td{overflow-wrap:break-word}"
+    "th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
     "p{color:#444;max-width:60em}"
 )

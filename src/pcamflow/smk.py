@@ -2,79 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import io
-import logging
-import sys
-import traceback
 from collections.abc import Callable
 
-from pcamflow.errors import PcamflowError, Preempted, first_line
+from pcamflow.logged import run_logged
 
 
 def run_script(snakemake, main: Callable[[object], None]) -> None:
-    """Run a rule's script: stderr and logging go to snakemake.log[0].
-
-    A PcamflowError exits 1 with one line. A Preempted run (checkpointed on SIGTERM/SIGUSR1) exits
-    EXIT_PREEMPTED with one line, so Snakemake's retry resumes it. Any other exception writes its
-    traceback to the log (while stderr still goes there) and one line to the terminal; a full disk
-    says so and names the file.
-    """
-    log_path = snakemake.log[0] if len(snakemake.log) else None
-    terminal, root_handlers = sys.stderr, logging.root.handlers[:]
-    with contextlib.ExitStack() as stack:
-        if log_path:
-            log_file = stack.enter_context(open(log_path, "a", buffering=1))
-            sys.stderr = log_file
-        logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True
-        )
-        try:
-            main(snakemake)
-        except PcamflowError as err:
-            _exit_with_line(f"pcamflow: error: {err}", 1, terminal)
-        except Preempted as stop:
-            _exit_with_line(f"pcamflow: {stop}", stop.exit_code, terminal)
-        except Exception as exc:  # noqa: BLE001 - a bug or an environment failure: explain it, then exit
-            traceback.print_exc(file=sys.stderr)  # into the log, before stderr is restored
-            _exit_with_line(
-                f"pcamflow: error: {unexpected_line(exc)}{_see(log_path)}", 1, terminal, log=False
-            )
-        finally:
-            sys.stderr = terminal
-            logging.root.handlers[:] = root_handlers  # not left on the log file this block closes
-
-
-def unexpected_line(exc: BaseException) -> str:
-    """One line for an exception that is no user mistake: a full disk named as such, else its type."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = exc.filename or _open_file_in_traceback(exc.__traceback__)
-        return "no space left on device" + (f" writing {where}" if where else "")
-    return f"unexpected {type(exc).__name__}: {first_line(exc)}"
-
-
-def _open_file_in_traceback(tb) -> str | None:
-    """The name of a file object the failing code held (a write error of an open file names none)."""
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):  # innermost first
-        for value in frame.f_locals.values():
-            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
-    return None
-
-
-def _see(log_path: str | None) -> str:
-    return f" (traceback in {log_path})" if log_path else ""
-
-
-def _exit_with_line(line: str, exit_code: int, terminal, log: bool = True) -> None:
-    """Print `line` to the log (sys.stderr) and to the terminal, then exit with `exit_code`."""
-    if log:
-        print(line, file=sys.stderr)
-    if sys.stderr is not terminal or not log:
-        print(line, file=terminal)
-    sys.exit(exit_code)
+    """Run a rule's script, `main(snakemake)`, with stderr and logging in snakemake.log[0]
+    (pcamflow.logged.run_logged: one line per error, exit 75 when preempted)."""
+    run_logged(snakemake.log[0] if len(snakemake.log) else None, lambda: main(snakemake))

@@ -1,1 +1,1 @@
-"""data: see the package docstring in README."""
+"""data: one stage of the pipeline (docs/development.md: the stages and what each may import)."""

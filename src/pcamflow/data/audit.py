@@ -192,11 +192,16 @@ def plot_audit(report: dict, path: str | os.PathLike) -> None:
     ax_class.bar_label(bars)
     ax_class.set(ylabel="tiles", title=f"class balance ({balance['positive_fraction']:.1%} positive)")
     counts = [report["faults"][f]["tiles"] for f in FAULTS] + [report["duplicates"]["n_tiles"]]
-    bars = ax_fault.bar([*FAULTS, "duplicate"], counts, color="tab:orange")
-    ax_fault.bar_label(bars)
+    if any(counts):
+        bars = ax_fault.bar([*FAULTS, "duplicate"], counts, color="tab:orange")
+        ax_fault.bar_label(bars)
+        ax_fault.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax_fault.tick_params(axis="x", rotation=30)
+    else:  # a panel with nothing to show says so
+        message = "none found:\nno NaN, inf, out-of-range,\nblack, white or duplicate tiles"
+        ax_fault.text(0.5, 0.5, message, ha="center", va="center", transform=ax_fault.transAxes)
+        ax_fault.set_axis_off()
     ax_fault.set(ylabel="tiles", title="faulty tiles")
-    ax_fault.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_fault.tick_params(axis="x", rotation=30)
     fig.suptitle(
         f"{report['split'] or report['files']['x']}: {report['n_tiles']} tiles, x stored as {report['dtype']['x']}"
     )

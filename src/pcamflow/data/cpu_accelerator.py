@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import torch
 
-from pcamflow.data.transforms import CHANNELS, D4_SIZE, d4_view
+from pcamflow.constants import CHANNELS
 from pcamflow.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,22 @@ _ONE_CALL = threading.Lock()  # the workqueue layer runs one parallel call at a 
 
 
 def d4_normalise(
-    x: torch.Tensor, transforms: torch.Tensor | None, scale: torch.Tensor | None, shift: torch.Tensor | None
+    x: torch.Tensor,
+    transforms: torch.Tensor | None,
+    affine: np.ndarray,
+    scale: torch.Tensor | None,
+    shift: torch.Tensor | None,
 ) -> torch.Tensor:
     """float32 (B, 3, H, H) of uint8 (B, H, H, 3) CPU tiles: tile b turned by D4 element transforms[b]
-    (None: as is), then x * scale + shift per channel (None: not normalised)."""
+    (None: as is; `affine`: the elements' pixel maps, `transforms.d4_affine`), then x * scale + shift
+    per channel (None: not normalised)."""
     b, size = x.shape[0], x.shape[1]
     tiles = x.contiguous().numpy().reshape(b, -1)
     transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
     scale = np.ones(CHANNELS, np.float32) if scale is None else scale.numpy()
     shift = np.zeros(CHANNELS, np.float32) if shift is None else shift.numpy()
     out = np.empty((b, CHANNELS, size, size), np.float32)
-    args = (tiles, transforms, d4_affine(size), scale, shift, out)
+    args = (tiles, transforms, affine, scale, shift, out)
     in_this_thread, over_threads = compiled_passes()
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if threads == 1:  # the training default: no hand-off to numba's threads
@@ -119,15 +124,3 @@ def _compile(compiled) -> Exception | None:
         cause = exc
     compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
     return cause
-
-
-@functools.cache
-def d4_affine(size: int) -> np.ndarray:
-    """(8, 3) int64: under D4 element t, output pixel (i, j) of a size x size tile is source pixel
-    base + i * row_step + j * col_step (row t: base, row_step, col_step), read off `d4_view`."""
-    pixels = torch.arange(size * size).view(1, size, size, 1)
-    where = torch.stack([d4_view(pixels, t)[0, :, :, 0] for t in range(D4_SIZE)]).numpy()
-    base = where[:, 0, 0]
-    if size == 1:  # one pixel: the steps are never used
-        return np.stack([base, base * 0, base * 0], axis=1)
-    return np.stack([base, where[:, 1, 0] - base, where[:, 0, 1] - base], axis=1)

@@ -14,34 +14,17 @@ import logging
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 from pcamflow.data.store import MANIFEST_FILE, store_checksum, store_files
 from pcamflow.io import atomic_dir
+from pcamflow.slurm import slurm_job
 
 log = logging.getLogger(__name__)
 
 STAGE_ROOT = "pcamflow-staged"
 STAGED_SPLITS = ("train", "valid")  # what training reads
 SCRATCH_FEATURE = "scratch-node"  # Snellius' node feature for node-local NVMe at $TMPDIR
-
-
-def slurm_job() -> dict | None:
-    """Slurm's record of this job (`scontrol show job`: Features, TRES, ...), or None outside a job
-    or when Slurm cannot be asked."""
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
-        return None
-    try:
-        shown = subprocess.run(
-            ["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if shown.returncode != 0:
-        return None
-    return dict(field.split("=", 1) for field in shown.stdout.split() if "=" in field)
 
 
 def job_asks_for_scratch() -> bool | None:

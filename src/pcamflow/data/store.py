@@ -84,7 +84,7 @@ def verify_store(store_dir: str | os.PathLike, splits) -> str:
     manifest.json, then the arrays' shapes, dtypes and labels; return the store's checksum, now
     verified. Anything wrong is one PcamflowError naming the file.
 
-    Cost: one sha256 pass over the files read (a sequential read; see README for the figures), paid
+    Cost: one sha256 pass over the files read (a sequential read; docs/usage.md gives the figures), paid
     once per job that trains or evaluates; the checks of shapes, dtypes and labels read headers and
     the small label arrays only.
     """

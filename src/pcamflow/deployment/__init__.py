@@ -1,1 +1,1 @@
-"""deployment: see the package docstring in README."""
+"""deployment: one stage of the pipeline (docs/development.md: the stages and what each may import)."""

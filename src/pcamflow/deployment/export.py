@@ -214,7 +214,7 @@ def load_bundle(bundle_dir: str | os.PathLike, device: str = "cpu") -> Bundle:
     import torch
     from torch.export.passes import move_to_device_pass
 
-    from pcamflow.training.train import resolve_device
+    from pcamflow.training.device import resolve_device
 
     bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)

@@ -1,1 +1,1 @@
-"""evaluation: see the package docstring in README."""
+"""evaluation: one stage of the pipeline (docs/development.md: the stages and what each may import)."""

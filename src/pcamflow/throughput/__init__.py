@@ -1,1 +1,1 @@
-"""throughput: see the package docstring in README."""
+"""throughput: one stage of the pipeline (docs/development.md: the stages and what each may import)."""

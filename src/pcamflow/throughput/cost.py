@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
 
 from pcamflow import constants
 from pcamflow.config import grid_points, load_yaml, validate_config
 from pcamflow.errors import PcamflowError
+from pcamflow.training.model_cost import model_cost
 
 # ---- Snellius accounting (SURF's published rates) ----
 SBU_PER_GPU_HOUR = 128  # gpu_a100: the smallest job, 1/4 node (1 A100 + 18 cores + 120 GiB), per hour
@@ -56,45 +56,6 @@ AUDIT_TILES_PER_S = 1_000  # audit and prepare on rome: reading, scanning and ha
 SUMMARY_JOBS = 10  # aggregate, champion, evaluate, slices, reports...: short rome jobs
 SUMMARY_JOB_H = 5 / 60
 PLOTS_PER_JOB = 16  # the profile groups per-grid-point plots 16 to a job
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """Forward multiply-accumulates and activation values per 96 x 96 tile."""
-
-    macs: float
-    activations: float
-
-
-@cache
-def _model_cost(name: str, training_key: tuple) -> ModelCost:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from pcamflow.training.models import build_architecture
-
-    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in training_key}  # lists as in YAML
-    model = build_architecture(name, settings).to("meta")  # shapes only: no memory, no compute
-    values = []
-    hooks = [
-        m.register_forward_hook(lambda _m, _i, out: values.append(out.numel()))
-        for m in model.modules()
-        if not list(m.children())
-    ]
-    with FlopCounterMode(display=False) as counter:
-        height, width, channels = constants.TILE_SHAPE
-        model(torch.empty(1, channels, height, width, device="meta"))
-    for hook in hooks:
-        hook.remove()
-    return ModelCost(macs=counter.get_total_flops() / 2, activations=float(sum(values)))
-
-
-def model_cost(name: str, training: dict) -> ModelCost:
-    """MACs and activations of the model pcamflow builds from these training settings."""
-    keys = ("mlp_hidden", "dropout", "cnn_width")
-    return _model_cost(
-        name, tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in _pick(training, keys))
-    )
 
 
 def precision(training: dict) -> str:
@@ -355,7 +316,3 @@ def cli_main(args) -> int:
     for warning in memory_warnings(cfg):
         print(f"warning: {warning}")
     return 0
-
-
-def _pick(mapping: dict, keys: tuple) -> list[tuple]:
-    return [(k, mapping[k]) for k in keys if k in mapping]

@@ -42,8 +42,9 @@ from pcamflow.data.store import Split, load_split, load_stats
 from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError, check_output_file, first_line
 from pcamflow.io import now_iso, write_csv
-from pcamflow.training import train as trainer
+from pcamflow.training.device import configure_determinism
 from pcamflow.training.models import MODELS, build_model
+from pcamflow.training.step import build_step_parts, train_step
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ def measure_data(spec: BenchSpec) -> Measurement:
 def measure_forward(spec: BenchSpec) -> Measurement:
     """Forward passes in eval mode without gradients, at the precision, on one prepared batch."""
     settings = _training_settings(spec)
-    trainer.configure_determinism(settings["deterministic"])
+    configure_determinism(settings["deterministic"])
     model = _model(spec, settings).eval()
     batch = next(pipeline_batches(_loader(spec, settings), _transform(spec, settings), train=False))
     device = torch.device(spec.device)
@@ -347,12 +348,12 @@ def measure_forward(spec: BenchSpec) -> Measurement:
 
 
 def measure_train(spec: BenchSpec) -> Measurement:
-    """Training steps (`pcamflow.training.train.train_step`: forward, backward, optimizer, schedule) fed by
+    """Training steps (`pcamflow.training.step.train_step`: forward, backward, optimizer, schedule) fed by
     the pipeline. The input time counts gathering and the device transform, the rest is compute."""
     settings = _training_settings(spec)
-    trainer.configure_determinism(settings["deterministic"])
+    configure_determinism(settings["deterministic"])
     loader = _loader(spec, settings)
-    parts = trainer.build_step_parts(
+    parts = build_step_parts(
         _model(spec, settings).train(),
         settings,
         device=torch.device(spec.device),
@@ -361,7 +362,7 @@ def measure_train(spec: BenchSpec) -> Measurement:
         steps_per_epoch=len(loader),
     )
     batches = pipeline_batches(loader, _transform(spec, settings), train=True)
-    return timed_steps(batches, lambda batch: trainer.train_step(parts, batch[0], batch[1], False), spec)
+    return timed_steps(batches, lambda batch: train_step(parts, batch[0], batch[1], False), spec)
 
 
 MEASURES: dict[str, Callable[[BenchSpec], Measurement]] = {

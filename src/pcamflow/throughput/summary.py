@@ -107,10 +107,19 @@ def plot_scaling(rows: pd.DataFrame, path: str | os.PathLike) -> None:
     if not modes:
         axes[0][0].text(0.5, 0.5, "no measured rows (all skipped or failed)", ha="center", va="center")
         axes[0][0].set_axis_off()
-    fig.tight_layout()
+    notes = [f"not measured: {partition} ({why})" for partition, why in skipped_partitions(rows).items()]
+    fig.tight_layout(rect=(0, min(0.3, 0.06 * len(notes)), 1, 1))
+    for i, note in enumerate(notes):  # a partition the plot leaves out is named, with the reason
+        fig.text(0.01, 0.01 + 0.04 * i, note, fontsize=8, color="tab:red")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def skipped_partitions(rows: pd.DataFrame) -> dict[str, str]:
+    """Partition -> why it was not measured (e.g. a GPU partition on a machine without CUDA)."""
+    skipped = rows.loc[rows["status"] == "skipped"]
+    return {str(p): str(m) for p, m in skipped.groupby("partition")["message"].first().items()}
 
 
 def summarise_throughput(paths: Iterable[str | os.PathLike], csv_path, plot_path) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pcamflow.slurm import allocation
 from pcamflow.throughput.cost import job_sbu, sbu_by_rule
 
 SACCT_FIELDS = ("JobID", "Comment", "Partition", "State", "ElapsedRaw", "AllocTRES", "WorkDir")
@@ -35,7 +36,6 @@ COLUMNS = (
     "ratio",
     "source",
 )
-_MEM_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
 
 
 def sacct_jobs(workdir: str | os.PathLike, since: datetime) -> list[dict] | None:
@@ -57,17 +57,6 @@ def sacct_jobs(workdir: str | os.PathLike, since: datetime) -> list[dict] | None
         for row in rows
         if row.get("Comment", "").startswith("rule_") and os.path.realpath(row.get("WorkDir", "")) == workdir
     ]
-
-
-def allocation(tres: str) -> dict:
-    """AllocTRES (e.g. billing=18,cpu=18,gres/gpu=1,mem=120G,node=1) -> cpus, mem_mb, gpus."""
-    fields = dict(item.split("=", 1) for item in tres.split(",") if "=" in item)
-    mem = re.fullmatch(r"([\d.]+)([KMGT]?)", fields.get("mem", "0"))
-    return {
-        "cpus": int(fields.get("cpu", 0)),
-        "mem_mb": float(mem[1]) * _MEM_UNITS[mem[2] or "M"] if mem else 0.0,
-        "gpus": int(fields.get("gres/gpu", 0)),
-    }
 
 
 def rule_of(comment: str, rules: list[str]) -> str:

@@ -1,1 +1,1 @@
-"""training: see the package docstring in README."""
+"""training: one stage of the pipeline (docs/development.md: the stages and what each may import)."""

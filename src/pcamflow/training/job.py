@@ -6,8 +6,8 @@ torch, stays small (the OOM killer picks the process with the most memory: the c
 the child. On the run's last attempt it records a child killed by a signal as failed
 (runstatus.write_failed_run, as for an exception); before, it fails, so Snakemake retries it.
 
-The child does what the script did in-process before: runstatus.train_or_record_failure under
-smk.run_script (its log lines and one line per error; exit 75 when preempted, so a retry resumes).
+The child does what the script did in-process before: attempt.train_or_record_failure under
+logged.run_logged (its log lines and one line per error; exit 75 when preempted, so a retry resumes).
 It runs in its own session, so a terminal's Ctrl-C reaches it once, from the supervisor, which
 forwards SIGTERM, SIGUSR1 and SIGINT and exits with the child's exit code. If the supervisor dies,
 the child gets SIGTERM (it checkpoints and stops) instead of training on unsupervised.
@@ -16,7 +16,6 @@ the child gets SIGTERM (it checkpoints and stops) instead of training on unsuper
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import faulthandler
 import inspect
@@ -29,14 +28,12 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
-
-import numpy as np
 
 import pcamflow
 from pcamflow.errors import PcamflowError
-from pcamflow.smk import run_script
-from pcamflow.training.runstatus import check_injected_signal, train_or_record_failure, write_failed_run
+from pcamflow.logged import run_logged
+from pcamflow.training.attempt import check_injected_signal, train_or_record_failure
+from pcamflow.training.runstatus import write_failed_run
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +46,6 @@ SIGNAL_HINTS = {
     "SIGABRT": "aborted by native code; see the log",
 }
 _PR_SET_PDEATHSIG = 1  # prctl(2), Linux
-
-
-def make_run_config(point: dict, seed: int, training: dict, data: str | os.PathLike) -> dict:
-    """The run config of one (grid point, seed) of the workflow."""
-    return plain({**point, "seed": seed, "training": copy.deepcopy(training), "data": os.fspath(data)})
-
-
-def plain(obj):
-    """numpy scalars (e.g. from a Paramspace row) -> Python values, recursively."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def killed_reason(signum: int) -> str:
@@ -171,7 +152,7 @@ def child_main() -> None:
     _stop_with_supervisor(spec["supervisor"])
     crash_log = open(spec["log"], "a") if spec["log"] else sys.stderr  # noqa: SIM115 - open till exit
     faulthandler.enable(crash_log)  # a SIGSEGV/SIGBUS leaves the Python stack in the log
-    run_script(SimpleNamespace(log=[spec["log"]] if spec["log"] else []), lambda _smk: _train(spec))
+    run_logged(spec["log"], lambda: _train(spec))
 
 
 def _train(spec: dict) -> None:

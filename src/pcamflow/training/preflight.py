@@ -33,16 +33,12 @@ from pcamflow.data.store import load_split, store_files, verify_store
 from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError
 from pcamflow.io import now_iso, write_json
-from pcamflow.throughput.cost import model_cost
-from pcamflow.throughput.usage import allocation
-from pcamflow.training.job import make_run_config
-from pcamflow.training.train import (
-    build_run,
-    check_amp,
-    resolve_device,
-    train_step,
-    validate_run_config,
-)
+from pcamflow.slurm import allocation, slurm_job
+from pcamflow.training.device import check_amp, resolve_device
+from pcamflow.training.model_cost import model_cost
+from pcamflow.training.run import build_run
+from pcamflow.training.runconfig import make_run_config, validate_run_config
+from pcamflow.training.step import train_step
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,7 @@ def job_memory_mb() -> int | None:
     Slurm's record of the job (a job step, as Snakemake runs each job, may not see the variable)."""
     if os.environ.get("SLURM_MEM_PER_NODE"):
         return int(os.environ["SLURM_MEM_PER_NODE"])
-    job = staging.slurm_job()
+    job = slurm_job()
     if job and "mem=" in job.get("TRES", ""):
         return round(allocation(job["TRES"])["mem_mb"])
     return None

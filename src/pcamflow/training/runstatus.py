@@ -5,7 +5,8 @@ The contract (shared with `pcamflow status`): a run's `run.json` holds `"status"
 `status` (older runs) counts as done. A run that fails on its last attempt (Snakemake's `retries`
 plus one) still writes every declared output, marked failed, so the summaries, the champion, the
 evaluation and the report are built from the runs that succeeded instead of the whole sweep
-stopping. Earlier attempts fail as usual, so Snakemake retries them first.
+stopping. Earlier attempts fail as usual, so Snakemake retries them first (the attempt's logic:
+pcamflow.training.attempt).
 
 What is covered: an exception in training (divergence, CUDA out of memory, a bug), a SIGTERM at a
 Slurm time limit (Preempted), and, in the workflow, a training process killed by a signal (the OOM
@@ -19,13 +20,9 @@ and the next invocation resumes it.
 
 from __future__ import annotations
 
-import fnmatch
-import logging
 import os
-import signal
 from pathlib import Path
 
-from pcamflow.errors import Preempted, first_line
 from pcamflow.io import atomic_dir, read_json, write_csv, write_json
 from pcamflow.rundir import (
     BEST_CHECKPOINT,
@@ -37,22 +34,7 @@ from pcamflow.rundir import (
     TENSORBOARD,
 )
 
-log = logging.getLogger(__name__)
-
 DONE, FAILED = "done", "failed"
-# Attempts a training job gets (Snakemake's retries + 1), handed from the controller to jobs it
-# starts in other processes (rules/train.smk)
-ATTEMPTS_ENV = "PCAMFLOW_TRAIN_ATTEMPTS"
-# Fault injection for tests and drills: comma-separated glob patterns; a run whose output directory
-# matches one fails at its start as if it had crashed. Never set in normal use.
-INJECT_ENV = "PCAMFLOW_INJECT_FAILURE"
-# The same for a training process killed by SIGKILL (as by the OOM killer): the workflow's training
-# child (pcamflow.training.job) of a matching run kills itself at its start. Never set in normal use.
-INJECT_SIGNAL_ENV = "PCAMFLOW_INJECT_SIGNAL"
-
-
-class InjectedFailure(RuntimeError):
-    """The failure PCAMFLOW_INJECT_FAILURE asked for."""
 
 
 def run_status(run_dir: str | os.PathLike) -> dict:
@@ -61,71 +43,6 @@ def run_status(run_dir: str | os.PathLike) -> dict:
     info = read_json(path) if path.exists() else {}
     status = info.get("status", DONE)
     return {"status": status, "failure": info.get("failure") if status == FAILED else None}
-
-
-def is_failed(run_dir: str | os.PathLike) -> bool:
-    return run_status(run_dir)["status"] == FAILED
-
-
-def failure_reason(exc: BaseException) -> str:
-    """One line that says why a run failed: the exception's type and its first message line."""
-    return f"{type(exc).__name__}: {first_line(exc)}"
-
-
-def injected(env: str, out_dir: str | os.PathLike) -> bool:
-    """Whether the fault-injection variable `env` names the run in out_dir."""
-    patterns = [p.strip() for p in os.environ.get(env, "").split(",") if p.strip()]
-    return any(fnmatch.fnmatch(os.fspath(out_dir), pattern) for pattern in patterns)
-
-
-def check_injected_failure(out_dir: str | os.PathLike) -> None:
-    if injected(INJECT_ENV, out_dir):
-        raise InjectedFailure(f"failure injected by {INJECT_ENV} for {out_dir}")
-
-
-def check_injected_signal(out_dir: str | os.PathLike) -> None:
-    if injected(INJECT_SIGNAL_ENV, out_dir):
-        log.warning("SIGKILL injected by %s for %s", INJECT_SIGNAL_ENV, out_dir)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def train_or_record_failure(
-    run_config: dict,
-    out_dir: str | os.PathLike,
-    state_dir: str | os.PathLike,
-    *,
-    attempt: int,
-    attempts: int,
-    live_dir: str | os.PathLike | None = None,
-) -> dict | None:
-    """Train the run; on its last attempt, a failure is recorded in its outputs instead of raised.
-
-    Returns the training summary, or None for a run recorded as failed. Before the last attempt any
-    failure (a preemption too) is raised, so the job fails and Snakemake retries it, and so is a stop
-    the user asked for (stopped_by_user); the resume state in state_dir is kept either way, so a
-    later retry continues from the last checkpoint.
-    """
-    from pcamflow.training.train import run_training
-
-    try:
-        check_injected_failure(out_dir)
-        return run_training(run_config, out_dir, state_dir, live_dir=live_dir)
-    except (Exception, Preempted) as exc:
-        if attempt < attempts or stopped_by_user(exc):
-            raise
-        reason = failure_reason(exc)
-        log.exception("attempt %d of %d failed; recording the run as failed: %s", attempt, attempts, reason)
-        write_failed_run(out_dir, state_dir, run_config, reason, attempt)
-        return None
-
-
-def stopped_by_user(exc: BaseException) -> bool:
-    """A checkpointed stop that must stay resumable rather than count as a failure: Ctrl-C, or a
-    SIGTERM outside Slurm (Snakemake or the user stopping the run). Inside a Slurm job, SIGTERM on
-    the last attempt is the time limit once more, and the run is recorded as failed."""
-    if not isinstance(exc, Preempted):
-        return False
-    return str(exc).startswith("SIGINT") or not os.environ.get("SLURM_JOB_ID")
 
 
 def write_failed_run(
@@ -146,7 +63,7 @@ def write_failed_run(
     progress = _saved_progress(Path(state_dir) / LAST_CHECKPOINT)
     epochs, steps = progress.get("epochs", []), progress.get("steps", [])
     selection = run_config.get("training", {}).get("selection_metric", "val_auc")
-    # the keys of train.history_record, with no best epoch
+    # the keys of outputs.history_record, with no best epoch
     history = {"selection_metric": selection, "best_epoch": None, "epochs": epochs, "steps": steps}
     write_json(out_dir / HISTORY, {**history, "status": FAILED})
     import pandas as pd
