@@ -1,4 +1,5 @@
 # Shared helpers: config validation, every path pattern (written once, here), input functions.
+import functools
 import os
 import sys
 from pathlib import Path
@@ -8,18 +9,37 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 os.environ.update(PCAMFLOW_ROOT=workflow.basedir)
 
 from pcamflow import constants, layout, rundir
-from pcamflow.config import GRID_KEYS, grid_points, result_settings, validate_config
+from pcamflow.controller import record_controller
+from pcamflow.config import GRID_KEYS, grid_points, layered_config, load_yaml, result_settings
 from pcamflow.errors import PcamflowError
-from pcamflow.experiment import check_experiment, record_experiment
+from pcamflow.data.store import check_store_before_jobs, read_manifest, store_files, store_is_complete
+from pcamflow.experiment import check_experiment, record_experiment, record_trained_store
 from pcamflow.terminal import quiet_terminal
 from pcamflow.training.attempt import ATTEMPTS_ENV
 
 # one line per finished job on the terminal (the log under .snakemake/log/ keeps everything)
 quiet_terminal(workflow)
 
+
+def config_layers():
+    """(the Snakefile's own config file, unless --replace-workflow-config; what the command line
+    gave: each --configfile, each --config KEY=VALUE), as (name, mapping) layers."""
+    given = [Path(f) for f in workflow.overwrite_configfiles]
+    own = [] if workflow.config_settings.replace_workflow_config else workflow.configfiles
+    own = [Path(f) for f in own if Path(f).absolute() not in {g.absolute() for g in given}]
+    shown = lambda f: str(f.relative_to(Path.cwd()) if f.is_relative_to(Path.cwd()) else f)
+    overrides = [(f"--config {key}", {key: value}) for key, value in workflow.config_settings.config.items()]
+    return (
+        [(shown(f.absolute()), load_yaml(f)) for f in own],
+        [(shown(f.absolute()), load_yaml(f)) for f in given] + overrides,
+    )
+
+
 try:
-    # --config values arrive as text inside lists and mappings: validation applies the schema's types
-    config = validate_config(config)
+    # Snakemake's own merge adds a --configfile's `partitions:` to the Snakefile's; the config is
+    # layered once more as pcamflow.config.layered_config says (as for `pcamflow status`), and
+    # validated: --config values arrive as text inside lists and mappings, the schema gives types
+    config = layered_config(*config_layers())
     # the experiment's results root: results/ (default) or results/<experiment>/
     RESULTS = layout.results_root(config["experiment"])
     if workflow.is_main_process:  # not again inside each job
@@ -30,8 +50,13 @@ except PcamflowError as err:
 
 
 onstart:
-    # the first run that starts jobs records what this experiment's results are made with
+    # beside Snakemake's locks: which process holds them, so `pcamflow status` tells stale ones
+    record_controller()
+    # the first run that starts jobs records what this experiment's results are made with, and the
+    # store they are trained on once there is one (the preflight records it when prepare just made it)
     record_experiment(config, RESULTS)
+    if store_is_complete(STORE, SPLITS):
+        record_trained_store(RESULTS, read_manifest(STORE)[1])
 
 
 SPLITS = list(constants.SPLITS)
@@ -61,20 +86,22 @@ wildcard_constraints:
 
 
 # ---- path patterns: every output path in the workflow is built from these ----
-# RESULTS: the experiment's results root (above, from pcamflow.layout)
-LOGS = RESULTS / "logs"
-BENCHMARKS = RESULTS / "benchmarks"
-SYNTH_DIR = RESULTS / "data" / "synthetic"
+# RESULTS: the experiment's results root (above, from pcamflow.layout); its top-level entries are
+# pcamflow.layout's ROOT_ENTRIES, the names an experiment may not take
+EXPERIMENT_RECORD = layout.root_entry(RESULTS, layout.EXPERIMENT_FILE)
+LOGS = layout.root_entry(RESULTS, "logs")
+BENCHMARKS = layout.root_entry(RESULTS, "benchmarks")
+SYNTH_DIR = layout.root_entry(RESULTS, "data", "synthetic")
 RAW_DIR = Path(config["data_dir"]) if config["dataset"] == "pcam" else SYNTH_DIR
 RAW_H5 = str(RAW_DIR / constants.FILE_PATTERN)  # wildcards: split, kind
 RAW_META = str(RAW_DIR / constants.META_PATTERN)  # wildcards: split
 SYNTH_RECORD = SYNTH_DIR / constants.PLANTED_FILE
-AUDIT_DIR = RESULTS / "audit"
+AUDIT_DIR = layout.root_entry(RESULTS, "audit")
 AUDIT_JSON = str(AUDIT_DIR / constants.AUDIT_FILE)
 AUDIT_PLOT = str(AUDIT_DIR / "{split}.png")
 AUDIT_HASHES = str(AUDIT_DIR / "{split}_hashes.npy")
 AUDIT_CROSS = AUDIT_DIR / constants.CROSS_SPLIT_FILE
-STORE = RESULTS / "prepared"
+STORE = layout.root_entry(RESULTS, "prepared")
 GRID_POINT = rundir.point_pattern(GRID_KEYS)  # model~{model}/lr~{lr}/...
 # report labels of a grid point's outputs: its grid values, read from the wildcards
 GRID_LABELS = {key: f"{{{key}}}" for key in GRID_KEYS}
@@ -83,11 +110,11 @@ RUN_DIR = layout.run_dir_pattern(RESULTS, GRID_KEYS)
 STATE_DIR = layout.state_dir_pattern(RESULTS, GRID_KEYS)
 TRAIN_LOG = layout.train_log_pattern(RESULTS, GRID_KEYS)
 # live TensorBoard scalars of each run while it trains (kept across attempts; outside the outputs)
-TENSORBOARD_LIVE = str(RESULTS / "tensorboard" / GRID_POINT / rundir.seed_dir("{seed}"))
+TENSORBOARD_LIVE = str(layout.root_entry(RESULTS, "tensorboard", GRID_POINT, rundir.seed_dir("{seed}")))
 # the preflight of the training jobs (rules/training.smk): what the node they get can do
 PREFLIGHT_NAME = "train"
-PREFLIGHT = str(RESULTS / "preflight" / f"{PREFLIGHT_NAME}.json")
-SUMMARY = RESULTS / "summary"
+PREFLIGHT = str(layout.root_entry(RESULTS, "preflight", f"{PREFLIGHT_NAME}.json"))
+SUMMARY = layout.root_entry(RESULTS, "summary")
 # sweep aggregation, champion, evaluation, slices, reproducibility (rules/aggregate.smk, rules/evaluation.smk)
 RUNS_CSV = SUMMARY / "runs.csv"
 METRICS_AVG = SUMMARY / "metrics_avg.csv"
@@ -98,7 +125,7 @@ PARALLEL_PLOT = SUMMARY / "parallel_coordinates.png"
 EPOCH_CURVES = str(SUMMARY / "curves" / GRID_POINT / "epochs.png")
 STEP_CURVES = str(SUMMARY / "curves" / GRID_POINT / "steps.png")
 SWEEP_TENSORBOARD = SUMMARY / "tensorboard"
-EVALUATION = RESULTS / "evaluation"
+EVALUATION = layout.root_entry(RESULTS, "evaluation")
 PREDICTIONS = EVALUATION / "predictions.npz"
 EVALUATE_JSON = SUMMARY / "evaluate.json"
 EVALUATE_CSV = SUMMARY / "evaluate.csv"
@@ -112,17 +139,17 @@ GALLERY_FN = EVALUATION / "false_negatives.png"
 GALLERY_FP = EVALUATION / "false_positives.png"
 REPRO_JSON = SUMMARY / "reproducibility.json"
 REPRO_HTML = SUMMARY / "reproducibility.html"
-REPRO_RUN = RESULTS / "reproducibility" / "twin"
-REPRO_STATE = RESULTS / "state" / "reproducibility"
+REPRO_RUN = layout.root_entry(RESULTS, "reproducibility", "twin")
+REPRO_STATE = layout.root_entry(RESULTS, "state", "reproducibility")
 # the champion's model bundle and the offline handover tarball (rules/deployment.smk)
-BUNDLE_DIR = RESULTS / "bundle" / "model"
-HANDOVER_TAR = RESULTS / "handover.tar.gz"
+BUNDLE_DIR = layout.root_entry(RESULTS, "bundle", "model")
+HANDOVER_TAR = layout.root_entry(RESULTS, "handover.tar.gz")
 # the answer first: the report's first page (report/workflow.rst includes the .rst) and the last lines
 OVERVIEW_RST = SUMMARY / "overview.rst"
 OVERVIEW_HTML = SUMMARY / "overview.html"
 OVERVIEW_TXT = SUMMARY / "overview.txt"
 CONDA_ENV = "../envs/pcamflow.yaml"  # relative to rules/, for `--sdm conda`
-THROUGHPUT_CSV = str(RESULTS / "throughput" / "{partition}.csv")
+THROUGHPUT_CSV = str(layout.root_entry(RESULTS, "throughput", "{partition}.csv"))
 THROUGHPUT_SUMMARY = SUMMARY / "throughput.csv"
 THROUGHPUT_PLOT = SUMMARY / "throughput_scaling.png"
 # what the run cost, per rule (rules/cost.smk)
@@ -147,6 +174,66 @@ def train_attempts(wildcards):
     attempts = (settings.retries if settings is not None else 0) + 1
     os.environ[ATTEMPTS_ENV] = str(attempts)
     return attempts
+
+
+def store_input(splits):
+    """The store files a job reads, as `ancient` inputs: a store written again (its mtime) makes
+    Snakemake rerun nothing, so a finished run is kept unless what it was trained on changed. That is
+    checked instead: each job verifies what it reads against the manifest, and before any job
+    check_store (below) refuses a damaged store, or one other than the experiment's runs were trained on."""
+    return [ancient(path) for path in store_files(STORE, splits)]
+
+
+def check_store(wildcards):
+    """An input function of the prepare step that adds no input. Snakemake calls it as it plans the
+    jobs, in the controller, before any job that reads the store; --forcerun and --until are known by
+    then, unlike while the Snakefile is read. Refuses with one line (pcamflow.data.store)."""
+    if workflow.is_main_process:
+        check_store_once()
+    return []
+
+
+@functools.cache
+def check_store_once():
+    settings = workflow.dag_settings
+    try:
+        check_store_before_jobs(
+            STORE,
+            SPLITS,
+            RESULTS,
+            rebuilt=settings.forceall or "prepare" in settings.forcerun,
+            rebuild_only="prepare" in settings.until,
+        )
+    except PcamflowError as err:
+        refuse(err)
+
+
+def refuse(err):
+    """Stop with one line while Snakemake plans the jobs (raised as an error, an input function's
+    error would come wrapped in Snakemake's InputFunctionException, traceback and all)."""
+    print(f"pcamflow: error: {err}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+# Rules with wildcards whose jobs wait on the preflight. `--until` one of them would stop right after
+# the checkpoint with exit 0 having run none of them: once Snakemake updates the jobs that wait on a
+# checkpoint, an --until job of a rule with wildcards keeps no reason to run (Snakemake issue 2824;
+# an --until rule without wildcards, e.g. aggregate, is run with all it needs).
+UNTIL_STOPS_AT_PREFLIGHT = ("train", "plot_grid_point")
+
+
+def wait_for_preflight():
+    """[] once the preflight passed (IncompleteCheckpointException until then), refusing first, in
+    one line, an --until that would stop at the preflight."""
+    stuck = [name for name in UNTIL_STOPS_AT_PREFLIGHT if name in workflow.dag_settings.until]
+    if stuck and workflow.is_main_process:
+        refuse(
+            f"--until {stuck[0]}: Snakemake would stop after the preflight checkpoint without running a "
+            f"{stuck[0]} job (they wait on it; Snakemake issue 2824), having trained nothing; use "
+            "--until aggregate (every run and the runs table) or name the runs' files as targets"
+        )
+    checkpoints.preflight.get()  # raises IncompleteCheckpointException until the preflight passed
+    return []  # the preflight's file is no input: a new one never reruns a finished run
 
 
 def raw_files(split):

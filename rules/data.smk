@@ -79,6 +79,8 @@ rule audit_cross:
 
 rule prepare:
     input:
+        # adds no file: refuses a damaged store before any job reads it (rules/common.smk)
+        check_store,
         x=expand(RAW_H5, split=SPLITS, kind="x"),
         y=expand(RAW_H5, split=SPLITS, kind="y"),
         audits=expand(AUDIT_JSON, split=SPLITS),

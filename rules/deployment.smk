@@ -13,7 +13,7 @@ rule export:
         # the deployed checkpoint is one of these (named in champion.json)
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
         run_records=all_run_files(rundir.RUN_INFO),
-        store=store_files(STORE, ["train"]),
+        store=store_input(["train"]),
     output:
         files=[BUNDLE_DIR / name for name in BUNDLE_FILES if name != CARD_FILE],
         card=report(

@@ -1,11 +1,11 @@
 # Evaluation stage: the champion on test once (predictions made once per checkpoint, then reused),
 # slices and error galleries, and the reproducibility check (the deployed run trained a second time).
 # Library: pcamflow.evaluation.evaluate, pcamflow.evaluation.slices, pcamflow.evaluation.reproducibility. Path patterns: rules/common.smk.
-from pcamflow.data.store import array_path, store_files
+from pcamflow.data.store import array_path
 
 REPRO_ORIGINAL = config["reproducibility"]["run"].rstrip("/")
 if REPRO_ORIGINAL and str(Path(REPRO_ORIGINAL).parent) not in {
-    str(RESULTS / "runs" / rundir.point_id(point, GRID_KEYS)) for point in POINTS
+    str(layout.root_entry(RESULTS, "runs", rundir.point_id(point, GRID_KEYS))) for point in POINTS
 }:
     raise WorkflowError(
         f"config key 'reproducibility.run': {REPRO_ORIGINAL} is not a run of a grid point of this config"
@@ -19,7 +19,7 @@ rule predict_champion:
         champion=CHAMPION_JSON,
         # the champion is one of the grid points: every best checkpoint is a dependency
         checkpoints=all_run_files(rundir.BEST_CHECKPOINT),
-        store=store_files(STORE, ["valid", "test"]),
+        store=store_input(["valid", "test"]),
     output:
         PREDICTIONS,
     log:
@@ -40,7 +40,7 @@ rule evaluate:
     input:
         predictions=PREDICTIONS,
         champion=CHAMPION_JSON,
-        train_labels=array_path(STORE, "train", "y"),
+        train_labels=ancient(array_path(STORE, "train", "y")),  # as store_input
     output:
         json=report(
             EVALUATE_JSON,
@@ -86,7 +86,7 @@ rule slices:
     input:
         predictions=PREDICTIONS,
         evaluation=EVALUATE_JSON,
-        store=store_files(STORE, ["test"]),
+        store=store_input(["test"]),
         audit=AUDIT_JSON.format(split="test"),
         cross=AUDIT_CROSS,
         meta=lambda wc: [TEST_META] if config["dataset"] == "synthetic" or Path(TEST_META).exists() else [],
@@ -139,7 +139,7 @@ rule reproducibility:
         # the run to repeat: reproducibility.run (its twin can train beside the sweep), else the
         # deployed champion run named in champion.json (known once the sweep is done)
         run=[f"{REPRO_ORIGINAL}/{name}" for name in rundir.RUN_FILES] if REPRO_ORIGINAL else [CHAMPION_JSON],
-        store=store_files(STORE, ["train", "valid"]),
+        store=store_input(["train", "valid"]),
     output:
         json=report(
             REPRO_JSON,

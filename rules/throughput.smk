@@ -2,12 +2,11 @@
 # One job per partition loops its whole matrix (a sane number of Slurm jobs) and gets that
 # partition's Slurm resources and CPUs; locally those CPUs (capped by --cores) usually are all
 # cores, so no other job runs beside a measurement. Library: pcamflow.throughput.measure, pcamflow.throughput.summary.
-from pcamflow.data.store import store_files
 
 
 rule throughput:
     input:
-        store=store_files(STORE, ["train"]),
+        store=store_input(["train"]),
         # the course's loader (modes course and reopen) reads the raw train file
         raw=(raw_files("train") if {"course", "reopen"} & set(config["throughput"]["modes"]) else []),
     output:

@@ -2,8 +2,6 @@
 # its outputs are the run-directory files of pcamflow.rundir in RUN_DIR.
 from datetime import datetime
 
-from pcamflow.data.store import store_files
-
 # What a training job asks for; the preflight asks for exactly the same (profiles give both one share).
 TRAIN_THREADS = config["training"]["threads"]
 # a run's history.json: it exists once the run finished (its input function asks for each job)
@@ -18,7 +16,7 @@ TRAIN_MEM_MB = lambda wildcards, input: 2000 + int(2 * input_mb(input))
 # preflight's file among its inputs, so a new preflight never makes Snakemake retrain a finished run.
 checkpoint preflight:
     input:
-        store_files(STORE, ["train", "valid"]),
+        store_input(["train", "valid"]),
     output:
         PREFLIGHT,
     log:
@@ -35,6 +33,8 @@ checkpoint preflight:
         seed=config["seeds"][0],
         training=config["training"],
         store=lambda wildcards, input: str(Path(input[0]).parent),
+        # the store must be the one the experiment's runs were trained on (recorded there when first)
+        experiment_record=EXPERIMENT_RECORD,
         # A preflight checks the node as it is now: a new value per invocation makes it run again
         # in every invocation that has training left to do (and only then: nothing else needs it).
         invocation=datetime.now().isoformat(timespec="seconds"),
@@ -45,10 +45,10 @@ checkpoint preflight:
 rule train:
     input:
         # the splits training reads (as validate_run_config checks); the test split is not one
-        store_files(STORE, ["train", "valid"]),
+        store_input(["train", "valid"]),
         # a run still to do waits for the preflight; a finished one (its history exists) does not
         preflight=lambda wildcards: (
-            [] if os.path.exists(RUN_HISTORY.format(**wildcards)) or checkpoints.preflight.get() else []
+            [] if os.path.exists(RUN_HISTORY.format(**wildcards)) else wait_for_preflight()
         ),
     output:
         history=RUN_HISTORY,

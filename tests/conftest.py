@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from launcher import run_module
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests start hundreds of Python processes: where PYTHONDONTWRITEBYTECODE is set (this machine
+# and CI set it) each would compile the checkout's modules from source again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "report", "config", "src", "profiles", "envs")
 
 
@@ -23,6 +29,20 @@ def make_workflow_copy(dest: Path, repo: Path = REPO) -> Path:
         if (repo / part).exists():
             (dest / part).symlink_to(repo / part)
     return dest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm tests first, then those that read the shared sweep, then the rest. pytest-xdist
+    (`--dist loadfile --no-loadscope-reorder`, as make runs it) hands whole files to its workers in
+    this order: the Slurm tests, which mostly wait on the scheduler, run beside everything else, and
+    the shared sweep is built while they start."""
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("slurm"):
+            return 0
+        return 1 if "finished_test_sweep" in item.fixturenames else 2
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(autouse=True)
@@ -54,11 +74,38 @@ def finished_test_sweep(tmp_path_factory) -> Path:
     every attempt. The run's terminal output is kept in terminal.txt."""
     from pcamflow.training.attempt import INJECT_ENV
 
-    workdir = make_workflow_copy(tmp_path_factory.mktemp("test_sweep") / "wf")
-    with mock.patch.dict(os.environ, {INJECT_ENV: f"*{TEST_SWEEP_FAILING_RUN}"}):
-        run = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
-    (workdir / "terminal.txt").write_text(run.stdout)
-    return workdir
+    def run_sweep(base: Path) -> None:
+        workdir = make_workflow_copy(base / "wf")
+        with mock.patch.dict(os.environ, {INJECT_ENV: f"*{TEST_SWEEP_FAILING_RUN}"}):
+            run = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+        (workdir / "terminal.txt").write_text(run.stdout)
+
+    return built_once(tmp_path_factory, "test_sweep", run_sweep) / "wf"
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A directory that build(directory) fills once per test session. Under pytest-xdist each worker
+    has its own session fixtures, so the workers share one directory in the session's base temp:
+    the first to ask builds it while the others wait on a lock."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        return path
+    path = tmp_path_factory.getbasetemp().parent / name
+    done, failed = path.with_name(f"{name}.done"), path.with_name(f"{name}.failed")
+    with open(path.with_name(f"{name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if failed.exists():
+            pytest.fail(f"{name} failed in another worker:\n{failed.read_text()}")
+        if not done.exists():
+            try:
+                path.mkdir()
+                build(path)
+            except BaseException as exc:
+                failed.write_text(str(exc))
+                raise
+            done.touch()
+    return path
 
 
 def copy_workflow(workdir: Path, dest: Path) -> Path:
@@ -71,9 +118,13 @@ def snakemake(
     workdir: Path, *args: str, check: bool = True, timeout: float = 1200, launcher=("-m", "snakemake")
 ) -> subprocess.CompletedProcess:
     """Run Snakemake in workdir with this interpreter; on failure show its output."""
-    cmd = [sys.executable, *launcher, "--directory", str(workdir), *args]
+    argv = ("--directory", str(workdir), *args)
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if launcher[0] == "-m":
+        proc = run_module(launcher[1], argv, cwd=workdir, env=env, timeout=timeout)
+    else:
+        cmd = [sys.executable, *launcher, *argv]
+        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -83,9 +134,8 @@ def snakemake(
 
 def pcamflow(*args: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
     """Run the `pcamflow` command line as a user would."""
-    cmd = [sys.executable, "-m", "pcamflow.cli", *args]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
+    proc = run_module("pcamflow.cli", args, env=env, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"pcamflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"

@@ -319,4 +319,8 @@ def test_a_failed_runs_checkpoint_says_the_run_failed(tmp_path):
         load_model(run_dir / "checkpoint_best.pt")
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "failed"
-    assert info["failure"] == {"reason": "OutOfMemoryError: CUDA out of memory", "attempts": 3}
+    assert info["failure"] == {
+        "reason": "OutOfMemoryError: CUDA out of memory",
+        "attempts": 3,
+        "category": "run",
+    }

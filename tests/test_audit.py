@@ -10,10 +10,19 @@ import pytest
 from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_split
 
-from pcamflow.data.audit import FAULTS, audit_split, cross_split_duplicates, load_hashes, tile_hash
+from pcamflow.data import audit as audit_module
+from pcamflow.data.audit import (
+    FAULTS,
+    HASH_DTYPE,
+    audit_split,
+    cross_split_duplicates,
+    load_hashes,
+    tile_hash,
+)
 from pcamflow.data.download import record_path
 from pcamflow.data.rawdata import split_paths
 from pcamflow.data.synthesize import write_synthetic
+from pcamflow.errors import PcamflowError
 
 THRESHOLDS = {"black_max": 10, "white_min": 245}
 
@@ -97,8 +106,28 @@ def test_hash_is_of_the_cleaned_tile(tmp_path):
         tmp_path, "test", np.stack([noisy, tile.astype(np.float32)]), np.array([0, 1])
     )
     hashes = audit(x_path, y_path).hashes
-    assert hashes[0] == hashes[1] == tile_hash(tile)
+    stored = np.array([tile_hash(tile)], dtype=HASH_DTYPE)[0]  # as stored: numpy drops trailing NULs
+    assert hashes[0] == hashes[1] == stored
     assert tile_hash(tile) != tile_hash(random_tiles(1, seed=5)[0])
+    assert tile_hash(tile) == hashlib.sha256(tile.tobytes()).digest()
+
+
+def test_hash_files_of_an_older_pcamflow_are_refused_not_compared(tmp_path):
+    old = tmp_path / "train_hashes.npy"
+    np.save(old, np.array([b"0123456789abcdef"], dtype="S16"))  # blake2b-128, as before sha256
+    with pytest.raises(PcamflowError, match=r"train_hashes\.npy: tile hashes of an older pcamflow.*rerun"):
+        load_hashes(old)
+
+
+def test_an_md5_failure_reaches_the_caller(tmp_path, monkeypatch):
+    x_path, y_path, _ = faulty_split(tmp_path)
+
+    def unreadable(path):
+        raise PcamflowError(f"{path}: cannot read")
+
+    monkeypatch.setattr(audit_module, "md5sum", unreadable)
+    with pytest.raises(PcamflowError, match="train_x.h5: cannot read"):
+        audit(x_path, y_path)
 
 
 def test_cross_split_duplicates_pairs_indices_and_skips_blank_tiles(tmp_path):

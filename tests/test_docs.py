@@ -41,6 +41,10 @@ RUN_HERE = (
     r"sha256sum results/bundle/model/manifest\.json",
 )
 THIS = "tests/test_docs.py"
+# What make check runs after the linters (two pytest-xdist workers).
+FAST_TIER = (
+    'pytest -q -m "not slow and not slurm and not browser" -n 2 --dist loadfile --no-loadscope-reorder'
+)
 COMMANDS_TEST = "tests/test_commands.py::test_the_readme_commands_work_as_typed"
 PROFILE_DRY_RUN = "tests/test_profiles.py::test_dry_run_plans_every_job_on_its_partition_without_a_cluster"
 # Commands another test runs: pattern (full match, comment dropped) -> that test.
@@ -50,7 +54,7 @@ RUN_ELSEWHERE = {
     r"ruff check \.|ruff format --check \.|snakefmt --check \.|snakemake --lint": (
         f"{THIS}::test_make_targets_run_what_the_docs_say"
     ),
-    r'pytest -q -m "not slow and not slurm and not browser"': f"{THIS}::test_make_targets_run_what_the_docs_say",
+    re.escape(FAST_TIER): f"{THIS}::test_make_targets_run_what_the_docs_say",
     # the local pipeline, from a fresh copy of the repository
     r"snakemake|snakemake -n|snakemake --report|snakemake results/summary/metrics_avg\.csv": COMMANDS_TEST,
     r"snakemake results/summary/throughput\.csv": (
@@ -176,7 +180,7 @@ def test_make_targets_run_what_the_docs_say():
     documented = {bare(cmd) for _, cmd in documented_commands()}
     for command in ("ruff check .", "ruff format --check .", "snakefmt --check .", "snakemake --lint"):
         assert command in ran and command in documented, command
-    assert 'pytest -q -m "not slow and not slurm and not browser"' in ran & documented
+    assert FAST_TIER in ran & documented
     assert {"snakemake --cores all", "bash tests/install_system_deps.sh"} <= ran
     assert any(line.startswith("pytest -ra") for line in ran)
 

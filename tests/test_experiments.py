@@ -37,14 +37,16 @@ OPERATIONAL_CHANGES = {
 
 
 def snapshot(results: Path) -> dict[str, tuple[str, int]]:
-    """Every file under results/: its sha256 and modification time."""
+    """Every file under results/: its sha256 and modification time. Not the store check's cache
+    (prepared/verified.json): the stats it remembers are new in a copy of results/ (new inodes), so
+    the first check of the copy hashes the store again and records them."""
     return {
         str(path.relative_to(results)): (
             hashlib.sha256(path.read_bytes()).hexdigest(),
             path.stat().st_mtime_ns,
         )
         for path in sorted(results.rglob("*"))
-        if path.is_file()
+        if path.is_file() and path.name != "verified.json"
     }
 
 

@@ -102,6 +102,24 @@ def test_stats_are_the_channel_mean_and_std_of_kept_train_tiles(tmp_path):
     np.testing.assert_allclose(stats["std"], pixels.std(axis=0), rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"drop_black_white_from": []},  # nothing but the leaked tile dropped
+        {"drop_black_white_from": [], "drop_cross_split_duplicates": False},  # nothing dropped
+        {"drop_black_white_from": ["train", "valid"], "drop_cross_split_duplicates": False},
+    ],
+)
+def test_stats_count_exactly_the_kept_train_tiles_whatever_is_dropped(tmp_path, settings):
+    raw_dir, _ = raw_data(tmp_path)
+    stats = run_prepare(raw_dir, tmp_path / "store", block_size=2, **settings)
+    tiles = load_split(tmp_path / "store", "train").x
+    pixels = tiles.reshape(-1, 3) / 255.0
+    assert stats["pixels_per_channel"] == len(tiles) * 96 * 96
+    np.testing.assert_allclose(stats["mean"], pixels.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats["std"], pixels.std(axis=0), rtol=1e-12)
+
+
 def test_manifest_holds_sha256_of_every_file_and_one_checksum(tmp_path):
     raw_dir, _ = raw_data(tmp_path)
     out = tmp_path / "store"
@@ -133,6 +151,18 @@ def test_a_failure_midway_leaves_no_store_and_no_temporary_files(tmp_path):
     before = set(tmp_path.iterdir())
     with pytest.raises(PcamflowError, match="truncated"):
         prepare_store(raw, tmp_path / "store", audits=audits, cross=cross, block_size=5, **DEFAULTS)
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_without_a_train_split_nothing_is_written(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    raw = {s: split_paths(raw_dir, s) for s in ("valid", "test")}
+    audits = {s: audit_split(*raw[s], block_size=5, black_max=10, white_min=245).report for s in raw}
+    before = set(tmp_path.iterdir())
+    with pytest.raises(
+        PcamflowError, match="no train split given; the channel statistics come from train only"
+    ):
+        prepare_store(raw, tmp_path / "store", audits=audits, cross={"pairs": []}, block_size=5, **DEFAULTS)
     assert set(tmp_path.iterdir()) == before
 
 

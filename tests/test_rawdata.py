@@ -178,6 +178,15 @@ def test_clean_tiles_zeroes_nan_and_inf_clips_and_rounds():
     assert cleaned.tolist() == [0, 0, 0, 0, 255, 255, 12, 13, 254, 0]  # 254.5 rounds half to even
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clean_tiles_match_nan_to_num_clip_round_on_every_kind_of_value(dtype):
+    rng = np.random.default_rng(4)
+    raw = rng.normal(128, 150, 20_000).astype(dtype)
+    raw[::7] = rng.choice([np.nan, np.inf, -np.inf, -0.0, 0.5, 1.5, 254.5, 255.5, 1e30, -1e30], raw[::7].size)
+    reference = np.rint(np.clip(np.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0), 0, 255)).astype(np.uint8)
+    np.testing.assert_array_equal(clean_tiles(raw), reference)
+
+
 def test_clean_tiles_leaves_its_input_alone_unless_in_place():
     raw = np.array([np.nan, 300.0], np.float64)
     clean_tiles(raw)
@@ -191,6 +200,41 @@ def test_clean_tiles_keeps_uint8_tiles_as_they_are():
     assert clean_tiles(tiles) is tiles
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_blocks_ask_the_disk_for_exactly_the_next_blocks_bytes(tmp_path, monkeypatch, dtype):
+    x = random_tiles(10, dtype=dtype)
+    x_path, _ = write_split(tmp_path, "train", x, alternating_labels(10))
+    hinted = []
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, offset, length, advice: hinted.append((offset, length))
+    )
+    with open_tiles(x_path) as raw:
+        starts = [start for start, _ in raw.blocks(4)]
+    assert starts == [0, 4, 8] and len(hinted) == 2  # tiles 4-7 while 0-3 are worked on, then 8-9
+    data = x_path.read_bytes()
+    for (offset, length), expected in zip(hinted, (x[4:8], x[8:10])):
+        assert data[offset : offset + length] == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_blocks_read_into_one_reused_array_hold_the_same_tiles(tmp_path, dtype):
+    x = random_tiles(10, dtype=dtype)
+    x_path, _ = write_split(tmp_path, "train", x, alternating_labels(10))
+    with open_tiles(x_path) as raw:
+        seen = [(start, block.copy(), block.base) for start, block in raw.blocks(4, reuse=True)]
+    assert [start for start, _, _ in seen] == [0, 4, 8]
+    np.testing.assert_array_equal(np.concatenate([block for _, block, _ in seen]), x)
+    assert seen[0][2] is not None and all(base is seen[0][2] for _, _, base in seen)  # one array
+
+
+def test_chunked_tiles_are_read_without_a_hint(tmp_path, monkeypatch):
+    x = random_tiles(6)
+    x_path = write_dataset(tmp_path / "chunked_x.h5", "x", x, chunks=(2, 96, 96, 3))
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: pytest.fail("hinted a chunked dataset"))
+    with open_tiles(x_path) as raw:
+        np.testing.assert_array_equal(np.concatenate([b for _, b in raw.blocks(4)]), x)
+
+
 def test_channel_histograms_count_each_value_per_channel():
     tiles = np.zeros((2, 96, 96, 3), np.uint8)
     tiles[0, ..., 1] = 7
@@ -200,6 +244,16 @@ def test_channel_histograms_count_each_value_per_channel():
     assert hist[0, 0] == 2 * 96 * 96
     assert hist[1, 7] == 96 * 96 and hist[1, 0] == 96 * 96
     assert hist[2, 255] == 10 * 96 and hist.sum() == tiles.size
+
+
+def test_channel_histograms_match_numpy_counts_on_any_layout_of_tiles():
+    tiles = np.random.default_rng(3).integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)
+    for view in (tiles, tiles[::2], tiles[:, ::-1]):  # contiguous, strided, reversed rows
+        expected = [np.bincount(view[..., c].ravel(), minlength=256) for c in range(3)]
+        np.testing.assert_array_equal(channel_histograms(view), expected)
+    assert channel_histograms(tiles[:0]).tolist() == np.zeros((3, 256), int).tolist()
+    with pytest.raises(ValueError, match="counts cleaned uint8 tiles, got float32"):
+        channel_histograms(tiles.astype(np.float32))  # never their bytes read as if uint8
 
 
 def test_labels_live_in_the_y_file_beside_the_x_file(tmp_path):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TEST_SWEEP_FAILING_RUN, snakemake
+from conftest import REPO, TEST_SWEEP_FAILING_RUN, copy_workflow, snakemake
 
 CONFIG = "config/test.yaml"
 # the report's sidebar sorts categories by name: numbered, they follow the journey
@@ -74,11 +74,13 @@ with SnakemakeApi(OutputSettings()) as api:
 
 
 @pytest.fixture(scope="module")
-def finished_report(finished_test_sweep) -> Path:
+def finished_report(finished_test_sweep, tmp_path_factory) -> Path:
     """The whole workflow run on the test config (conftest; one run failing on every attempt), then
-    its report built. The run's terminal output is kept in terminal.txt."""
-    snakemake(finished_test_sweep, "--configfile", CONFIG, "--report", "report.html")
-    return finished_test_sweep
+    its report built, in a copy (other tests read the shared sweep meanwhile). The run's terminal
+    output is kept in terminal.txt."""
+    workdir = copy_workflow(finished_test_sweep, tmp_path_factory.mktemp("report") / "wf")
+    snakemake(workdir, "--configfile", CONFIG, "--report", "report.html")
+    return workdir
 
 
 def report_variable(html: str, name: str, script_id: str | None = None):

@@ -70,6 +70,7 @@ def test_a_run_preempted_on_its_last_attempt_is_recorded_and_keeps_its_resume_st
     assert failure == {
         "reason": "Preempted: SIGTERM: checkpointed at step 40; run again to resume",
         "attempts": 1,
+        "category": "run",  # the time limit of the run's own job
     }
     assert (tmp_path / "state" / LAST_CHECKPOINT).read_bytes() == b"resume me"  # a retry resumes from it
 

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from pcamflow.constants import COURSE_TRAIN_SIZE, FULL_SIZES, ZENODO_RECORD
-from pcamflow.errors import PcamflowError
+from pcamflow.errors import PcamflowError, disk_full_line
 
 # subcommand -> (module, function): imported only when that subcommand runs, so `pcamflow synth`
 # does not pay for importing torch.
@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     except PcamflowError as err:
         print(f"pcamflow: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if disk_full_line(err) is None:
+            raise
+        print(f"pcamflow: error: {disk_full_line(err)}", file=sys.stderr)  # no partial file is left
+        return 1
     except KeyboardInterrupt:
         print("pcamflow: interrupted", file=sys.stderr)
         return 130

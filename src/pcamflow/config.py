@@ -6,6 +6,7 @@ import copy
 import itertools
 import math
 import os
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from pcamflow.errors import PcamflowError
 from pcamflow.rundir import VAL_METRICS
 
 SCHEMA_PATH = Path(__file__).with_name("schema.yaml")
+# The Snakefile's own config file (`configfile:`), under which --configfile files are layered
+# (relative to the repository root, where snakemake, `pcamflow status` and `cost` are run).
+WORKFLOW_CONFIG = Path("config/config.yaml")
 GRID_KEYS = ("model", "lr", "batch_size", "optimizer")  # always present in a grid point
 
 
@@ -64,26 +68,41 @@ def _resolve(sub: dict) -> dict:
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
-def validate(cfg: dict, schema: dict | None = None, source: str = "config") -> dict:
-    """Return a copy of cfg with defaults filled in; raise PcamflowError naming the bad key."""
+def validate(cfg: dict, schema: dict | None = None, source: str | Callable[[list], str] = "config") -> dict:
+    """Return a copy of cfg with defaults filled in; raise PcamflowError naming the bad key. `source`
+    names where cfg came from: a name, or a function of the bad key's path (list of keys) that
+    names the config layer that set it."""
     cfg = copy.deepcopy(cfg) if cfg is not None else {}
     schema = schema or load_schema()
     errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
-        raise PcamflowError(f"{source}: {describe_error(errors[0])}")
+        where = source(_key_path(errors[0])) if callable(source) else source
+        raise PcamflowError(f"{where}: {describe_error(errors[0])}")
     return cfg
 
 
-def validate_config(cfg: dict, source: str = "config", *, workflow: bool = True) -> dict:
+def _key_path(error: jsonschema.ValidationError) -> list:
+    """The keys leading to what is wrong (an unknown key: the key itself)."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = error.schema.get("properties", {})
+        path += sorted(key for key in error.instance if key not in allowed)[:1]
+    return path
+
+
+def validate_config(
+    cfg: dict, source: str | Callable[[list], str] = "config", *, workflow: bool = True
+) -> dict:
     """workflow=False skips the checks that concern a workflow run (data_dir, batch sizes against
-    the train split), for a command that uses one section with the other defaults."""
+    the train split), for a command that uses one section with the other defaults. `source`: as
+    for validate (the rules between keys below name source([]), the last layer)."""
     cfg = coerce_to_schema(cfg, load_schema())
     cfg = validate(cfg, source=source)
     # rules between keys, which the schema cannot state: checked here so they fail before any job
     problem = slice_thresholds_problem(cfg["slices"]["dark"], cfg["slices"]["bright"])
     problem = problem or (data_problem(cfg) if workflow else None)
     if problem:
-        raise PcamflowError(f"{source}: {problem}")
+        raise PcamflowError(f"{source([]) if callable(source) else source}: {problem}")
     return cfg
 
 
@@ -199,16 +218,69 @@ def operational_settings(cfg: dict, section: str) -> dict:
     return {key: value for key, value in cfg[section].items() if key not in kept}
 
 
-def merge_config(base: dict, update: dict) -> dict:
-    """`base` updated key by key with `update`, mappings merged recursively (as Snakemake layers
-    --configfile and --config over the Snakefile's configfile)."""
+def merge_config(base: dict, update: dict, schema: dict | None = None) -> dict:
+    """`base` updated key by key with `update`, mappings merged recursively, except a mapping whose
+    keys are names the user chooses (`partitions`: keyed_by_name), which `update` gives whole: a
+    config can then say exactly which partitions it means."""
+    schema = load_schema() if schema is None else schema
     merged = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_config(merged[key], value)
+        sub = _resolve(schema.get("properties", {}).get(key, {}))
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and not keyed_by_name(sub):
+            merged[key] = merge_config(merged[key], value, sub)
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def keyed_by_name(schema: dict) -> bool:
+    """Whether a schema's mapping has keys the user names (each value checked by one schema) rather
+    than keys the schema lists."""
+    return isinstance(schema.get("additionalProperties"), dict) and not schema.get("properties")
+
+
+def layered_config(base: Sequence[tuple[str, dict]], given: Sequence[tuple[str, dict]]) -> dict:
+    """The config of (name, mapping) layers: the Snakefile's own config file(s) (`base`), then those
+    given on the command line in their order (each --configfile, then the --config values), each laid
+    over the ones before (merge_config), validated with defaults filled in; a bad key is blamed on
+    the last layer that set it.
+
+    The one layering of a workflow run: rules/common.smk gives what Snakemake was given, `pcamflow
+    status` and `cost` the same files (load_workflow_config). Keys keep the order Snakemake's own
+    merge gives them (first seen in `given`, then in `base`): a rule's params are compared as text,
+    so another order would make Snakemake rerun finished jobs."""
+    layers = [*base, *given]
+    cfg = {}
+    for _, layer in layers:
+        cfg = merge_config(cfg, layer)
+
+    def source(path: list) -> str:
+        setting = [name for name, layer in layers if _holds(layer, path)]
+        return (setting or [name for name, _ in layers] or ["config"])[-1]
+
+    return validate_config(_ordered(cfg, [layer for _, layer in [*given, *base]]), source=source)
+
+
+def _ordered(tree: dict, sources: list) -> dict:
+    """tree with its keys, at every level, in the order they are first seen in `sources`."""
+    seen = dict.fromkeys(key for source in sources if isinstance(source, dict) for key in source)
+    keys = [key for key in seen if key in tree] + [key for key in tree if key not in seen]
+    return {
+        key: (
+            _ordered(tree[key], [s.get(key) for s in sources if isinstance(s, dict)])
+            if isinstance(tree[key], dict)
+            else tree[key]
+        )
+        for key in keys
+    }
+
+
+def _holds(tree, path: list) -> bool:
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
 
 
 def parse_override(text: str) -> dict:
@@ -224,17 +296,18 @@ def parse_override(text: str) -> dict:
 
 
 def load_workflow_config(
-    files: list[str | os.PathLike] = (), overrides: list[str] = (), base: str | os.PathLike | None = None
+    files: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    base: str | os.PathLike | None = None,
+    override_option: str = "--set",
 ) -> dict:
     """The config a workflow run sees: the Snakefile's config/config.yaml, then each --configfile,
-    then each --config KEY=VALUE, validated with defaults filled in."""
-    cfg = load_yaml(base) if base is not None and Path(base).exists() else {}
-    for path in files:
-        cfg = merge_config(cfg, load_yaml(path))
-    for text in overrides:
-        cfg = merge_config(cfg, parse_override(text))
-    source = str(files[-1]) if files else "config"
-    return validate_config(cfg, source=source)
+    then each --config KEY=VALUE (given here as `override_option` KEY=VALUE), validated with defaults
+    filled in (layered_config)."""
+    own = [(str(base), load_yaml(base))] if base is not None and Path(base).exists() else []
+    given = [(str(path), load_yaml(path)) for path in files]
+    given += [(f"{override_option} {text}", parse_override(text)) for text in overrides]
+    return layered_config(own, given)
 
 
 def describe_error(error: jsonschema.ValidationError) -> str:

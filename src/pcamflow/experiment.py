@@ -6,6 +6,9 @@ the data (dataset, the synthetic generator's settings, or data_dir and a signatu
 file), the audit thresholds, prepare and training, operational keys aside. A later config whose
 settings differ is refused before any job, so a finished experiment is never retrained or
 overwritten by another; grid values and seeds may grow (each has its own run directory).
+
+The record also holds the checksum of the prepared store the runs were trained on (the store's
+manifest; recorded once a store exists): a store whose content changed is another experiment too.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pcamflow.errors import PcamflowError
 from pcamflow.io import read_json, write_json
 from pcamflow.layout import EXPERIMENT_FILE
 
+STORE_KEY = "store_checksum"  # experiment.json: the manifest checksum of the store trained on
 # Config sections that decide what a training run produces (grid and seeds are paths, not here).
 RESULT_SECTIONS = ("audit", "prepare", "training")
 SIGNATURE_BYTES = 1 << 20  # read from each end of a raw file: quick, even for 7 GB of PCAM on GPFS
@@ -99,10 +103,41 @@ def record_experiment(cfg: dict, root: Path) -> None:
     write_json(
         path,
         {
+            **(record or {}),
             "experiment": cfg["experiment"],
             "created": record["created"] if record else datetime.now(UTC).isoformat(timespec="seconds"),
             "settings": settings,
         },
+    )
+
+
+def record_trained_store(root: Path, checksum: str) -> None:
+    """Before runs of root are trained on the prepared store of `checksum`: refuse it when they were
+    trained on another (check_store_checksum), else record it when it is the first (the record must
+    exist: record_experiment writes it when the workflow starts)."""
+    check_store_checksum(root, checksum)
+    path = Path(root) / EXPERIMENT_FILE
+    if path.exists() and trained_store(root) is None:
+        write_json(path, {**_read_record(path), STORE_KEY: checksum})
+
+
+def trained_store(root: Path) -> str | None:
+    """The checksum of the prepared store root's runs were trained on (None: none recorded yet)."""
+    path = Path(root) / EXPERIMENT_FILE
+    return _read_record(path).get(STORE_KEY) if path.exists() else None
+
+
+def check_store_checksum(root: Path, checksum: str | None) -> None:
+    """Refuse (one line) a prepared store whose checksum differs from the one root's runs were
+    trained on: its content changed, so new runs would not be comparable with the finished ones."""
+    recorded = trained_store(root)
+    if checksum is None or recorded is None or checksum == recorded:
+        return
+    raise PcamflowError(
+        f"{Path(root) / EXPERIMENT_FILE}: the runs in {root}/ were trained on the prepared store with "
+        f"checksum {recorded[:16]}..., the store there now has {checksum[:16]}... (rebuilt from other "
+        "data or by another version of prepare); to keep both, give this config its own experiment "
+        "name (--config experiment=NAME, or `experiment: NAME` in its config file)"
     )
 
 

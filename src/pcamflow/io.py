@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from pcamflow.errors import disk_full_cause
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -30,8 +32,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():  # mkstemp makes 0600 files; give the result the usual umask-based mode
             os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as err:
-        if err.filename is None:  # a failed write (a full disk) names no file: name the output
+    except Exception as err:
+        full = disk_full_cause(err)
+        if full is not None:  # whatever a writer made of it (torch: RuntimeError): name the output
+            raise OSError(full.errno, full.strerror, str(path)) from err
+        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file
             err.filename = str(path)
         raise
     finally:

@@ -16,27 +16,34 @@ RESULTS = Path("results")
 DEFAULT_EXPERIMENT = "default"
 # The record of what an experiment's results were made with (pcamflow.experiment), in its root.
 EXPERIMENT_FILE = "experiment.json"
-# What a results root holds at its top level: another experiment named like one would land inside
-# the default experiment's own folders.
-ROOT_ENTRIES = frozenset(
-    {
-        "audit",
-        "benchmarks",
-        "bundle",
-        "handover.tar.gz",
-        "data",
-        "evaluation",
-        "logs",
-        "prepared",
-        "reproducibility",
-        "runs",
-        "state",
-        "summary",
-        "tensorboard",
-        "throughput",
-        EXPERIMENT_FILE,
-    }
+# What a results root holds at its top level: the first level of the path table. rules/common.smk
+# builds every path on these (root_entry refuses any other), so the names an experiment may not take
+# (it would nest inside the default experiment's folders) are the table's own.
+ROOT_ENTRIES = (
+    "audit",
+    "benchmarks",
+    "bundle",
+    "data",
+    "evaluation",
+    EXPERIMENT_FILE,
+    "handover.tar.gz",
+    "logs",
+    "preflight",
+    "prepared",
+    "reproducibility",
+    "runs",
+    "state",
+    "summary",
+    "tensorboard",
+    "throughput",
 )
+
+
+def root_entry(root: Path, name: str, *parts: str) -> Path:
+    """root/name/parts: a path of the table under one of the results root's entries."""
+    if name not in ROOT_ENTRIES:
+        raise ValueError(f"{name!r} is not an entry of a results root (pcamflow.layout.ROOT_ENTRIES)")
+    return Path(root, name, *parts)
 
 
 def results_root(experiment: str) -> Path:
@@ -52,17 +59,17 @@ def results_root(experiment: str) -> Path:
 
 def run_dir_pattern(root: Path, grid_keys: Sequence[str]) -> str:
     """A training run's directory; wildcards: the grid keys and seed."""
-    return str(Path(root) / "runs" / point_pattern(grid_keys) / seed_dir("{seed}"))
+    return str(root_entry(root, "runs", point_pattern(grid_keys), seed_dir("{seed}")))
 
 
 def state_dir_pattern(root: Path, grid_keys: Sequence[str]) -> str:
     """A training run's resume checkpoints: outside its outputs, so a failed job's clean-up keeps them."""
-    return str(Path(root) / "state" / point_pattern(grid_keys) / seed_dir("{seed}"))
+    return str(root_entry(root, "state", point_pattern(grid_keys), seed_dir("{seed}")))
 
 
 def train_log_pattern(root: Path, grid_keys: Sequence[str]) -> str:
     """A training job's log (all its attempts append to it)."""
-    return str(Path(root) / "logs" / "train" / point_pattern(grid_keys) / (seed_dir("{seed}") + ".log"))
+    return str(root_entry(root, "logs", "train", point_pattern(grid_keys), seed_dir("{seed}") + ".log"))
 
 
 def run_dir(root: Path, point: dict, seed: int) -> Path:

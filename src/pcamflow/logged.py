@@ -7,14 +7,12 @@ Rule scripts use it through pcamflow.smk.run_script; the workflow's training chi
 from __future__ import annotations
 
 import contextlib
-import errno
-import io
 import logging
 import sys
 import traceback
 from collections.abc import Callable
 
-from pcamflow.errors import PcamflowError, Preempted, first_line
+from pcamflow.errors import PcamflowError, Preempted, disk_full_line, first_line
 
 
 def run_logged(log_path: str | None, main: Callable[[], None]) -> None:
@@ -51,23 +49,7 @@ def run_logged(log_path: str | None, main: Callable[[], None]) -> None:
 
 def unexpected_line(exc: BaseException) -> str:
     """One line for an exception that is no user mistake: a full disk named as such, else its type."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        where = exc.filename or _open_file_in_traceback(exc.__traceback__)
-        return "no space left on device" + (f" writing {where}" if where else "")
-    return f"unexpected {type(exc).__name__}: {first_line(exc)}"
-
-
-def _open_file_in_traceback(tb) -> str | None:
-    """The name of a file object the failing code held (a write error of an open file names none)."""
-    frames = []
-    while tb is not None:
-        frames.append(tb.tb_frame)
-        tb = tb.tb_next
-    for frame in reversed(frames):  # innermost first
-        for value in frame.f_locals.values():
-            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
-                return value.name
-    return None
+    return disk_full_line(exc) or f"unexpected {type(exc).__name__}: {first_line(exc)}"
 
 
 def _see(log_path: str | None) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from pcamflow.io import atomic_path, md5sum, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-HASH_DTYPE = np.dtype("S16")  # blake2b-128 of a cleaned tile's bytes
+HASH_DTYPE = np.dtype("S32")  # sha256 of a cleaned tile's bytes (S16 files held blake2b-128)
 CHANNELS = ("R", "G", "B")
 
 
@@ -58,13 +60,14 @@ def audit_split(
     """Audit one split, reading x in blocks of block_size tiles (never the whole file)."""
     split = split or split_of(x_path)
     with open_split(x_path, y_path) as raw:
+        md5 = _md5_in_background({"x": raw.x_path, "y": raw.y_path})
         n = len(raw)
         flags = {fault: np.zeros(n, dtype=bool) for fault in FAULTS}
         value_counts = {"nan": 0, "inf": 0, "out_of_range": 0}
         lows, highs = [], []
         histogram = np.zeros((3, 256), dtype=np.int64)
         hashes = np.empty(n, dtype=HASH_DTYPE)
-        for start, block in raw.blocks(block_size):
+        for start, block in raw.blocks(block_size, reuse=True):
             stop = start + len(block)
             low, high = _scan_raw_block(block, flags, value_counts, start)
             lows.append(low)
@@ -79,7 +82,7 @@ def audit_split(
             log.info("audit %s: %d/%d tiles", split or raw.x_path.name, stop, n)
         report = {
             "split": split,
-            "files": _files(raw, split),
+            "files": _files(raw, split, md5()),
             "n_tiles": n,
             "shapes": {"x": list(raw.x.shape), "y": list(raw.y_shape)},
             "dtype": {"x": str(raw.dtype), "y": str(raw.y_dtype)},
@@ -101,8 +104,9 @@ def audit_split(
 
 
 def tile_hash(tile: np.ndarray) -> bytes:
-    """128-bit hash of one cleaned uint8 tile (exact duplicates share it)."""
-    return hashlib.blake2b(np.ascontiguousarray(tile), digest_size=16).digest()
+    """sha256 of one cleaned uint8 tile (exact duplicates share it). sha256, not blake2b: with the
+    CPU's SHA instructions (OpenSSL uses them) it hashes PCAM's tiles in 2/3 of the time."""
+    return hashlib.sha256(np.ascontiguousarray(tile)).digest()
 
 
 def blank_indices(report: dict) -> set[int]:
@@ -167,6 +171,8 @@ def save_hashes(path: str | os.PathLike, hashes: np.ndarray) -> None:
 
 def load_hashes(path: str | os.PathLike) -> np.ndarray:
     hashes = np.load(path)
+    if hashes.dtype == np.dtype("S16"):  # never compared with sha256 hashes: no duplicate would match
+        raise PcamflowError(f"{path}: tile hashes of an older pcamflow (blake2b); rerun this split's audit")
     if hashes.dtype != HASH_DTYPE:
         raise PcamflowError(f"{path}: not an audit hash file (dtype {hashes.dtype}, expected {HASH_DTYPE})")
     return hashes
@@ -219,7 +225,7 @@ def cli_main(args) -> int:
     )
     for option, path in (("--out", args.out), ("--plot", args.plot), ("--hashes", args.hashes)):
         if path is not None:
-            check_output_file(path, option)  # before reading a tile
+            check_output_file(path, option, inputs=[args.x, args.y])  # before reading a tile
     result = audit_split(args.x, args.y, **settings)
     write_audit(result, args.out, args.plot, args.hashes)
     faults = ", ".join(f"{f} {result.report['faults'][f]['tiles']}" for f in FAULTS)
@@ -274,9 +280,32 @@ def _scan_raw_block(block: np.ndarray, flags: dict, value_counts: dict, start: i
     )
 
 
-def _files(raw: RawSplit, split: str | None) -> dict:
+def _md5_in_background(paths: dict[str, Path]) -> Callable[[], dict[str, str]]:
+    """Start the md5 of each file on a second core (hashlib and file reads release the GIL), so the
+    audit reads each file in one stream of time instead of two; the returned function waits for the
+    digests. A daemon thread: an audit that stops early (bad tiles, Ctrl-C) does not wait for it."""
+    done: dict = {}
+
+    def digest_all() -> None:
+        try:
+            done["md5"] = {kind: md5sum(path) for kind, path in paths.items()}
+        except BaseException as err:  # handed to the waiting caller
+            done["error"] = err
+
+    thread = threading.Thread(target=digest_all, name="audit-md5", daemon=True)
+    thread.start()
+
+    def wait() -> dict[str, str]:
+        thread.join()
+        if "error" in done:
+            raise done["error"]
+        return done["md5"]
+
+    return wait
+
+
+def _files(raw: RawSplit, split: str | None, md5: dict[str, str]) -> dict:
     meta = meta_path(raw.x_path, split) if split else None
-    md5 = {"x": md5sum(raw.x_path), "y": md5sum(raw.y_path)}
     return {
         "x": str(raw.x_path),
         "y": str(raw.y_path),

@@ -37,21 +37,55 @@ class RawTiles:
     def dtype(self) -> np.dtype:
         return self.x.dtype
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Raw tiles [start, stop) as stored (uint8 or float); a read failure names the file."""
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Raw tiles [start, stop) as stored (uint8 or float), into the first rows of `out` if
+        given; a read failure names the file."""
         try:
-            return self.x[start:stop]
+            if out is None:
+                return self.x[start:stop]
+            self.x.read_direct(out, np.s_[start:stop], np.s_[: stop - start])
+            return out[: stop - start]
         except (OSError, RuntimeError) as exc:
             raise PcamflowError(
                 f"{self.x_path}: cannot read tiles {start}-{stop} (truncated or corrupt file?): {first_line(exc)}"
             ) from None
 
-    def blocks(self, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(start, raw tiles) for consecutive blocks of at most block_size tiles."""
+    def blocks(self, block_size: int, *, reuse: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, raw tiles) for consecutive blocks of at most block_size tiles; while the caller
+        works on one block, the disk already reads the next (see prefetch).
+
+        reuse=True reads every block into the same array, which the next block overwrites: for
+        callers done with a block before they ask for the next. A fresh block-sized array each time
+        is memory the kernel must find (evicting page cache once the file fills it) and zero: a
+        third of a float32 audit's time.
+        """
         if block_size < 1:
             raise PcamflowError(f"block size must be at least 1, got {block_size}")
+        buffer = np.empty((min(block_size, len(self)), *self.x.shape[1:]), self.dtype) if reuse else None
         for start in range(0, len(self), block_size):
-            yield start, self.read(start, min(start + block_size, len(self)))
+            stop = min(start + block_size, len(self))
+            block = self.read(start, stop, out=buffer)
+            self.prefetch(stop, min(stop + block_size, len(self)))
+            yield start, block
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Have the kernel read tiles [start, stop) into the page cache in the background
+        (posix_fadvise WILLNEED), so that a cold sequential read overlaps with the caller's work
+        instead of taking turns with it (the kernel's own readahead covers a few MB, a block is tens).
+        Only where the tiles lie in one contiguous run of the file (h5py's default layout);
+        elsewhere, and where the hint fails, nothing: it is a hint, the read itself checks."""
+        offset = self.x.id.get_offset()  # None for chunked, compressed or external storage
+        if start >= stop or offset is None or not hasattr(os, "posix_fadvise"):
+            return
+        tile_bytes = self.dtype.itemsize * TILE_VALUES
+        with contextlib.suppress(OSError):
+            fd = os.open(self.x_path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(
+                    fd, offset + start * tile_bytes, (stop - start) * tile_bytes, os.POSIX_FADV_WILLNEED
+                )
+            finally:
+                os.close(fd)
 
 
 @dataclass
@@ -96,7 +130,7 @@ def clean_tiles(tiles: np.ndarray, *, in_place: bool = False) -> np.ndarray:
     if tiles.dtype == np.uint8:
         return tiles
     work = tiles if in_place else tiles.copy()
-    np.nan_to_num(work, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.copyto(work, 0, where=~np.isfinite(work))  # as np.nan_to_num(nan=posinf=neginf=0), 5x faster
     np.clip(work, 0, 255, out=work)
     np.rint(work, out=work)
     return work.astype(np.uint8)
@@ -110,11 +144,24 @@ def blank_masks(tiles: np.ndarray, black_max: int, white_min: int) -> tuple[np.n
 
 
 def channel_histograms(tiles: np.ndarray) -> np.ndarray:
-    """(3, 256) int64 counts of each value per channel of cleaned uint8 tiles."""
-    channels = tiles.shape[-1]
-    return np.stack([np.bincount(tiles[..., c].ravel(), minlength=256) for c in range(channels)]).astype(
-        np.int64
-    )
+    """(3, 256) int64 counts of each value per channel of cleaned uint8 NHWC tiles.
+
+    Pillow counts each channel's plane as a greyscale image: about 3x faster than np.bincount,
+    which first widens every value to int64 (the audit and prepare count every tile of PCAM).
+    """
+    from PIL import Image
+
+    if tiles.dtype != np.uint8:
+        raise ValueError(f"channel_histograms counts cleaned uint8 tiles, got {tiles.dtype}")
+    channels, width = tiles.shape[-1], tiles.shape[-2]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    if tiles.size == 0:
+        return counts
+    pixels = tiles.reshape(-1, channels)
+    for c in range(channels):
+        plane = np.ascontiguousarray(pixels[:, c])  # one tile row per image row: never too wide
+        counts[c] = Image.frombuffer("L", (width, plane.size // width), plane, "raw", "L", 0, 1).histogram()
+    return counts
 
 
 def histogram_moments(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

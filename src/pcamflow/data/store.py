@@ -6,10 +6,13 @@ Layout of a store directory (written by `pcamflow.data.prepare`):
     {split}_index.npy  int64  (N,)            row of each tile in the raw PCAM file
     stats.json         train-only per-channel mean/std on the [0, 1] scale, and counts
     manifest.json      sha256 of every file above, and one checksum of the whole store
+    verified.json      when each file last matched its sha256: its size, mtime, ctime and inode then
+                       (a cache of verify_store's work; not part of the store, never copied)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -18,11 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from pcamflow.constants import TILE_SHAPE
-from pcamflow.errors import PcamflowError, first_line
-from pcamflow.io import read_json, sha256sum
+from pcamflow.errors import DataChanged, PcamflowError, first_line
+from pcamflow.experiment import check_store_checksum, trained_store
+from pcamflow.io import read_json, sha256sum, write_json
 
 STATS_FILE = "stats.json"
 MANIFEST_FILE = "manifest.json"
+VERIFIED_FILE = "verified.json"
 ARRAYS = ("x", "y", "index")
 
 
@@ -82,14 +87,78 @@ def combined_checksum(files: dict[str, str]) -> str:
 def verify_store(store_dir: str | os.PathLike, splits) -> str:
     """Check what a job reads of the store (the arrays of `splits` and stats.json) against
     manifest.json, then the arrays' shapes, dtypes and labels; return the store's checksum, now
-    verified. Anything wrong is one PcamflowError naming the file.
+    verified. Anything wrong is one PcamflowError naming the file (DataChanged for a file whose
+    bytes differ from the manifest).
 
-    Cost: one sha256 pass over the files read (a sequential read; docs/usage.md gives the figures), paid
-    once per job that trains or evaluates; the checks of shapes, dtypes and labels read headers and
-    the small label arrays only.
+    Cost: a file is hashed (one sequential read) only when its stat differs from the one recorded in
+    verified.json when it last matched its sha256, so one full read per store content, not per job;
+    the checks of shapes, dtypes and labels read headers and the small label arrays only. What the
+    stat catches: any change made through the file system (a write, a truncation, a replaced file,
+    a restored mtime: each moves ctime or the inode). What it cannot: bytes that change under the
+    file system (a failing disk, bit rot), or a write within the same tick of the file system's clock
+    (a few ms) as the verification; `rm verified.json` makes the next check hash every file again.
+    docs/usage.md gives the figures.
     """
     store_dir = Path(store_dir)
+    files, checksum = read_manifest(store_dir)
+    for split in splits:
+        _check_split_arrays(store_dir, split)
+    verified = _read_verified(store_dir, checksum)
+    matched = {}
     manifest_path = store_dir / MANIFEST_FILE
+    for path in store_files(store_dir, splits)[:-1]:  # the manifest itself last: it is checked above
+        if path.name not in files:
+            raise PcamflowError(f"{path}: not listed in {manifest_path} (run the prepare rule again)")
+        stat = file_stat(path)
+        if verified.get(path.name) != stat:
+            if sha256sum(path) != files[path.name]:
+                raise DataChanged(f"{path}: {DAMAGED} (run the prepare rule again)", path)
+            matched[path.name] = stat
+    if matched:  # read again: another job may have recorded other files meanwhile
+        record_verified(store_dir, checksum, {**_read_verified(store_dir, checksum), **matched})
+    return checksum
+
+
+DAMAGED = f"sha256 differs from {MANIFEST_FILE}: changed or damaged since prepare wrote it"
+
+
+def check_store_before_jobs(
+    store_dir: str | os.PathLike, splits, root: str | os.PathLike, *, rebuilt: bool, rebuild_only: bool
+) -> None:
+    """What a workflow run checks of the prepared store once, before any job (one PcamflowError line).
+
+    A complete store must match its manifest (verify_store: a file is hashed only when its stat
+    changed) and be the store root's runs were trained on (pcamflow.experiment). An incomplete one
+    that runs were trained on is refused unless this run only rebuilds it (rebuild_only: --until
+    prepare): Snakemake reruns every job one of whose input files is missing, so each finished run
+    would be trained again. rebuilt: prepare writes the store anew in this run (--forcerun prepare,
+    --forceall), so there is nothing to check yet: the preflight checks what it wrote.
+    """
+    if rebuilt:
+        return
+    missing = [path for path in store_files(store_dir, splits) if not path.exists()]
+    if missing:
+        if trained_store(root) and not rebuild_only:
+            raise PcamflowError(
+                f"{missing[0]}: missing, but the runs in {root}/ were trained on this store and "
+                "Snakemake would train every finished run again to rebuild it; rebuild the store "
+                "alone first (add --until prepare to this command), then run again: the finished runs "
+                "are kept when the rebuilt store is identical"
+            )
+        return
+    try:
+        checksum = verify_store(store_dir, splits)
+    except DataChanged as damaged:
+        raise PcamflowError(
+            f"{damaged.path}: {DAMAGED}; nothing was run: rebuild the store by adding --forcerun prepare "
+            "to this command (the finished runs are kept when the rebuilt store is identical)"
+        ) from None
+    check_store_checksum(root, checksum)
+
+
+def read_manifest(store_dir: Path) -> tuple[dict[str, str], str]:
+    """(file name -> sha256, combined checksum) of a store's manifest, checked against itself."""
+    manifest_path = Path(store_dir) / MANIFEST_FILE
     if not manifest_path.exists():
         raise PcamflowError(f"{manifest_path}: prepared data manifest missing (run the prepare rule first)")
     try:
@@ -99,17 +168,38 @@ def verify_store(store_dir: str | os.PathLike, splits) -> str:
         raise PcamflowError(f"{manifest_path}: unreadable (not JSON with 'files' and 'checksum')") from None
     if combined_checksum(files) != checksum:
         raise PcamflowError(f"{manifest_path}: its checksum does not match its file list (edited by hand?)")
-    for split in splits:
-        _check_split_arrays(store_dir, split)
-    for path in store_files(store_dir, splits)[:-1]:  # the manifest itself last: it is checked above
-        if path.name not in files:
-            raise PcamflowError(f"{path}: not listed in {manifest_path} (run the prepare rule again)")
-        if sha256sum(path) != files[path.name]:
-            raise PcamflowError(
-                f"{path}: sha256 differs from {MANIFEST_FILE}: changed or damaged since prepare wrote it "
-                "(run the prepare rule again)"
-            )
-    return checksum
+    return files, checksum
+
+
+def file_stat(path: Path) -> list[int]:
+    """What verified.json remembers of a file whose sha256 matched: size, mtime, ctime, inode. A write
+    moves mtime and ctime, resetting mtime (touch -d) moves ctime, a replacement changes the inode.
+    Not st_dev: it may differ between the nodes that mount one shared file system."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def record_verified(store_dir: Path, checksum: str, stats: dict[str, list[int]]) -> None:
+    """Remember that these files matched the manifest of `checksum` with these stats (best effort:
+    a store on a read-only file system is then hashed by every job, as before)."""
+    with contextlib.suppress(OSError):
+        write_json(Path(store_dir) / VERIFIED_FILE, {"checksum": checksum, "files": stats})
+
+
+def _read_verified(store_dir: Path, checksum: str) -> dict[str, list[int]]:
+    try:
+        record = read_json(Path(store_dir) / VERIFIED_FILE)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("checksum") != checksum:
+        return {}
+    files = record.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def store_is_complete(store_dir: str | os.PathLike, splits) -> bool:
+    """Whether every file of a store of `splits` is there (the manifest last: prepare moves it in last)."""
+    return all(path.exists() for path in store_files(store_dir, splits))
 
 
 # what each array of a split must be: dtype and shape after the tile count

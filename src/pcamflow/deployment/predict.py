@@ -323,8 +323,9 @@ def check_out_is_no_input(out: str | os.PathLike, inputs: list[str | os.PathLike
 
 def cli_main(args) -> int:
     """`pcamflow predict`: exit 0 when every input was predicted, 1 when some were skipped (listed)."""
-    check_output_file(args.out)  # before the prediction, not after it
     check_out_is_no_input(args.out, args.input)
+    # before the prediction, not after it; never inside the bundle or a folder of inputs
+    check_output_file(args.out, inputs=[args.model, *(path for path in args.input if Path(path).is_dir())])
     bundle = load_bundle(args.model, args.device)
     result = predict_inputs(
         bundle,

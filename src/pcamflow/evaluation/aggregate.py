@@ -30,7 +30,7 @@ from pcamflow.rundir import (
     point_id,
     seed_dir,
 )
-from pcamflow.training.runstatus import DONE, FAILED, run_status
+from pcamflow.training.runstatus import DONE, FAILED, failure_category, run_status
 
 log = logging.getLogger("pcamflow.evaluation.aggregate")
 
@@ -83,6 +83,8 @@ def run_row(point: dict, seed: int, run_dir: str | os.PathLike) -> dict:
             seed=seed,
             status=FAILED,
             failure_reason=failure.get("reason", ""),
+            # what failed: `run` (the run itself) or what else (disk, software, cache, node)
+            failure_category=failure_category(failure),
             attempts=failure.get("attempts"),
             run_dir=str(run_dir),
         )
@@ -91,7 +93,7 @@ def run_row(point: dict, seed: int, run_dir: str | os.PathLike) -> dict:
     info_path = Path(run_dir) / RUN_INFO
     info = read_json(info_path) if info_path.exists() else {}
     speeds = [e["img_per_s"] for e in history["epochs"] if e.get("img_per_s") is not None]
-    row = dict(point, seed=seed, status=DONE, failure_reason="", attempts=None)
+    row = dict(point, seed=seed, status=DONE, failure_reason="", failure_category="", attempts=None)
     row.update(
         selection_metric=history["selection_metric"],
         best_epoch=history["best_epoch"],

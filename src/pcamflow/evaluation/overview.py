@@ -14,6 +14,7 @@ import pandas as pd
 from pcamflow.constants import FAULTS
 from pcamflow.evaluation.evaluate import AT_HALF, AT_VALIDATION, MEAN
 from pcamflow.io import read_json, write_text
+from pcamflow.training.runstatus import describe_failure
 
 # (metric key in evaluate.json, label, threshold it is read at)
 TEST_METRICS = (
@@ -208,14 +209,21 @@ def overview_rows(
 
 
 def failed_run_lines(failed: pd.DataFrame) -> list[str]:
-    """'<run dir>: <reason> (N attempts)' per failed run, at most MAX_LISTED_FAILURES, then a count."""
+    """'<run dir>: <reason> (N attempts)' per failed run, at most MAX_LISTED_FAILURES, then a count; a
+    failure that is not the run's own says what failed instead (pcamflow.training.runstatus)."""
     lines = [
-        f"{row['run_dir']}: {row['failure_reason']} ({_attempts(row['attempts'])})"
+        f"{row['run_dir']}: {describe_failure(_failure(row))} ({_attempts(row['attempts'])})"
         for _, row in failed.head(MAX_LISTED_FAILURES).iterrows()
     ]
     if len(failed) > MAX_LISTED_FAILURES:
         lines.append(f"... and {len(failed) - MAX_LISTED_FAILURES} more (runs.csv)")
     return lines
+
+
+def _failure(row) -> dict:
+    """A runs.csv row's failure as run.json records it (runs.csv made before categories has none)."""
+    category = row.get("failure_category")
+    return {"reason": row["failure_reason"], "category": None if pd.isna(category) else category}
 
 
 def _attempts(value) -> str:

@@ -2,31 +2,31 @@
 
 Every run of every grid point is done, failed (with the reason its run.json records), running
 (with its Slurm job id and elapsed time when squeue lists it), queued (a Slurm job waiting),
-interrupted (started, but no Snakemake controller is running: the next run resumes it) or
-pending. Each grid point with finished runs shows its best validation metric so far.
+interrupted (started, but no Snakemake controller is running, or only the stale locks of a dead
+one remain (pcamflow.controller): the next run resumes it) or pending. Each grid point with
+finished runs shows its best validation metric so far.
 
 Read-only: it takes no Snakemake lock and writes nothing, so it is safe beside a running controller.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pcamflow import layout
-from pcamflow.config import grid_points, load_workflow_config
+from pcamflow.config import WORKFLOW_CONFIG, grid_points, load_workflow_config
+from pcamflow.controller import controller_state
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation.aggregate import best_epoch_row, better, load_history
 from pcamflow.experiment import check_experiment
 from pcamflow.io import read_json
 from pcamflow.rundir import HISTORY, RUN_INFO, point_id
+from pcamflow.training.runstatus import describe_failure
 
-# The Snakefile's own config file (`configfile:`), under which --configfile files are layered.
-BASE_CONFIG = Path("config/config.yaml")
-# Snakemake holds lock files here while a controller runs in this directory.
-SNAKEMAKE_LOCKS = Path(".snakemake/locks")
 SQUEUE_FORMAT = "%i|%T|%M|%k|%Z"  # job id, state, time used, comment, working directory
 SQUEUE_STATES = {"PENDING": "queued", "CONFIGURING": "queued"}  # anything else alive: running
 
@@ -45,10 +45,21 @@ def slurm_comment(point: dict, seed: int) -> str:
     return "_".join(["rule_train_wildcards", *(str(v) for v in point.values()), str(seed)])
 
 
+# What squeue says where no Slurm is set up (no config file, no controller to ask): not a Slurm site
+NO_SLURM = (
+    "failed to fetch config",
+    "cannot stat file",
+    "Could not establish a configuration source",
+    "Unable to contact slurm controller",
+)
+
+
 def slurm_jobs(workdir: Path) -> tuple[dict[str, dict], str | None]:
-    """This user's live Slurm jobs started from workdir, by comment; and why none could be read."""
-    if shutil.which("squeue") is None:
-        return {}, None  # not a Slurm machine
+    """This user's live Slurm jobs started from workdir, by comment; and why none could be read
+    (None also where no Slurm is set up: no squeue, or one that finds no cluster to ask)."""
+    conf = os.environ.get("SLURM_CONF")
+    if shutil.which("squeue") is None or (conf is not None and not Path(conf).is_file()):
+        return {}, None  # not a Slurm machine (a missing SLURM_CONF makes squeue retry for a minute)
     try:
         proc = subprocess.run(
             ["squeue", "--me", "--noheader", f"--format={SQUEUE_FORMAT}"],
@@ -59,6 +70,8 @@ def slurm_jobs(workdir: Path) -> tuple[dict[str, dict], str | None]:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {}, f"squeue did not answer ({exc})"
     if proc.returncode != 0:
+        if any(sign in proc.stderr for sign in NO_SLURM):
+            return {}, None
         lines = proc.stderr.strip().splitlines()
         return {}, f"squeue failed: {lines[-1] if lines else f'exit status {proc.returncode}'}"
     jobs = {}
@@ -87,7 +100,7 @@ def run_status(root: Path, point: dict, seed: int, metric: str, controller: bool
             failure = info.get("failure") or {}
             attempts = failure.get("attempts")
             tried = f" (after {attempts} attempt{'s' if attempts != 1 else ''})" if attempts else ""
-            return RunStatus(seed, "failed", f"{failure.get('reason', 'no reason recorded')}{tried}")
+            return RunStatus(seed, "failed", f"{describe_failure(failure)}{tried}")
         if (run_dir / HISTORY).exists():
             best = best_epoch_row(load_history(run_dir))
             value = best.get(metric)
@@ -107,10 +120,20 @@ def run_status(root: Path, point: dict, seed: int, metric: str, controller: bool
     return RunStatus(seed, "pending")
 
 
+def resume_command(config_files, overrides, unlock: bool) -> str:
+    """The snakemake command that resumes the sweep status was asked about (after `--unlock` when a
+    dead controller's locks remain)."""
+    args = "".join(f" --configfile {f}" for f in config_files) + "".join(f" --config {o}" for o in overrides)
+    run = f"snakemake{args}"
+    return f"snakemake --unlock{args} && {run}" if unlock else run
+
+
 def sweep_status(
-    cfg: dict, workdir: Path = Path(".")
+    cfg: dict, workdir: Path = Path("."), config_files=(), overrides=()
 ) -> tuple[list[tuple[dict, list[RunStatus]]], list[str]]:
-    """Every grid point with its runs' states, and notes (another experiment's results, squeue trouble)."""
+    """Every grid point with its runs' states, and notes (another experiment's results, squeue
+    trouble, a dead controller's locks). config_files and overrides: what status was given, for the
+    command that resumes the sweep."""
     root = workdir / layout.results_root(cfg["experiment"])
     notes = []
     try:
@@ -120,13 +143,31 @@ def sweep_status(
     jobs, trouble = slurm_jobs(workdir)
     if trouble:
         notes.append(f"note: {trouble}; Slurm jobs are not shown")
-    locks = workdir / SNAKEMAKE_LOCKS
-    controller = locks.is_dir() and any(locks.iterdir())
+    found = controller_state(workdir)
+    controller = found.state in ("live", "unknown")  # unknown: locks that cannot be checked
     metric = cfg["champion"]["metric"]
     table = []
     for point in grid_points(cfg):
         runs = [run_status(root, point, seed, metric, controller, jobs) for seed in cfg["seeds"]]
         table.append((point, runs))
+    if any(run.state == "interrupted" for _, runs in table for run in runs):
+        dead = found.state == "dead"
+        notes.append(
+            (f"note: {found.detail}; " if dead else "note: ")
+            + f"resume the interrupted runs with: {resume_command(config_files, overrides, dead)}"
+            + " (add your --profile, if any)"
+        )
+    failed = [
+        str(layout.run_dir(layout.results_root(cfg["experiment"]), point, run.seed) / RUN_INFO)
+        for point, runs in table
+        for run in runs
+        if run.state == "failed"
+    ]
+    if failed:  # what aggregate's failed_runs.txt will list once the sweep is summarised
+        notes.append(
+            f"note: retry the failed runs with: {resume_command(config_files, overrides, False)} "
+            f"--forcerun {' '.join(failed)} (add your --profile, if any)"
+        )
     return table, notes
 
 
@@ -173,8 +214,8 @@ def _read(path: Path) -> dict:
 
 
 def cli_main(args) -> int:
-    cfg = load_workflow_config(args.config or [], args.set or [], base=BASE_CONFIG)
-    config_name = ", ".join(str(p) for p in [BASE_CONFIG, *(args.config or [])] if Path(p).exists())
-    table, notes = sweep_status(cfg)
+    cfg = load_workflow_config(args.config or [], args.set or [], base=WORKFLOW_CONFIG)
+    config_name = ", ".join(str(p) for p in [WORKFLOW_CONFIG, *(args.config or [])] if Path(p).exists())
+    table, notes = sweep_status(cfg, Path("."), args.config or [], args.set or [])
     print(format_status(cfg, table, notes, config_name or "schema defaults"))
     return 0

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from pcamflow import constants
-from pcamflow.config import grid_points, load_yaml, validate_config
+from pcamflow.config import WORKFLOW_CONFIG, grid_points, load_workflow_config
 from pcamflow.errors import PcamflowError
 from pcamflow.training.model_cost import model_cost
 
@@ -305,8 +305,9 @@ def assumptions(cfg: dict, train_tiles: int) -> str:
 
 
 def cli_main(args) -> int:
-    """`pcamflow cost --config FILE`: the estimate as a table, then its assumptions."""
-    cfg = validate_config(load_yaml(args.config), source=str(args.config))
+    """`pcamflow cost --config FILE`: the estimate as a table, then its assumptions. FILE is laid over
+    config/config.yaml as `snakemake --configfile FILE` does, so the estimate is of what would run."""
+    cfg = load_workflow_config([args.config], base=WORKFLOW_CONFIG)
     train_tiles = constants.FULL_SIZES["train"] if args.train_tiles is None else args.train_tiles
     if train_tiles < 1:
         raise PcamflowError(f"--train-tiles: must be a positive number of tiles, got {train_tiles}")

@@ -150,7 +150,7 @@ def cli_main(args) -> int:
     reason = invalid_reason(spec)
     if reason:
         raise PcamflowError(reason)
-    check_output_file(args.out)  # before the measurement, not after it
+    check_output_file(args.out, inputs=[args.data])  # before the measurement, not after it
     row = bench_row(spec)
     append_row(args.out, row)
     log.info(_summary_line(row))

@@ -7,13 +7,15 @@ The trainer (torch) is imported only when an attempt trains, so the workflow's s
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
+import pickle
 import signal
 
-from pcamflow.errors import Preempted, first_line
-from pcamflow.training.runstatus import write_failed_run
+from pcamflow.errors import DataChanged, Preempted, disk_full_line, first_line
+from pcamflow.training.runstatus import CACHE, DISK, NODE, RUN, SOFTWARE, write_failed_run
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,12 @@ def train_or_record_failure(
         check_injected_failure(out_dir)
         return run_training(run_config, out_dir, state_dir, live_dir=live_dir)
     except (Exception, Preempted) as exc:
-        if attempt < attempts or stopped_by_user(exc):
+        # a damaged store is no failure of the run: the job fails, the next invocation names the file
+        if attempt < attempts or stopped_by_user(exc) or isinstance(exc, DataChanged):
             raise
-        reason = failure_reason(exc)
+        reason, category = failure_reason(exc), failure_category(exc)
         log.exception("attempt %d of %d failed; recording the run as failed: %s", attempt, attempts, reason)
-        write_failed_run(out_dir, state_dir, run_config, reason, attempt)
+        write_failed_run(out_dir, state_dir, run_config, reason, attempt, category)
         return None
 
 
@@ -72,8 +75,54 @@ def stopped_by_user(exc: BaseException) -> bool:
 
 
 def failure_reason(exc: BaseException) -> str:
-    """One line that says why a run failed: the exception's type and its first message line."""
-    return f"{type(exc).__name__}: {first_line(exc)}"
+    """One line that says why a run failed: the exception's type and its first message line (a full
+    disk: which file could not be written)."""
+    return disk_full_line(exc) or f"{type(exc).__name__}: {first_line(exc)}"
+
+
+# What a CUDA error says when the node or its GPU failed, not the run (NVIDIA Xid causes)
+NODE_FAULTS = (
+    "uncorrectable ECC error",
+    "busy or unavailable",
+    "no CUDA GPUs are available",
+    "CUDA driver",
+    "GPU is lost",
+    "unknown error",
+)
+
+
+def failure_category(exc: BaseException) -> str:
+    """RUN when the run itself failed (its settings or the code's answer to them: divergence, CUDA
+    out of memory, a bug); else what did: DISK (full, quota, I/O error), SOFTWARE (a module
+    missing or broken), CACHE (a damaged compiled-code cache or saved state: unpickling failed),
+    NODE (the GPU or its driver)."""
+    for cause in _chain(exc):
+        if disk_full_line(cause) or (isinstance(cause, OSError) and cause.errno == errno.EIO):
+            return DISK
+        if isinstance(cause, ImportError):
+            return SOFTWARE
+        if isinstance(cause, pickle.UnpicklingError) or _raised_in(cause, "numba.core.caching"):
+            return CACHE
+        if "CUDA" in str(cause) and any(fault in str(cause) for fault in NODE_FAULTS):
+            return NODE
+    return RUN
+
+
+def _chain(exc: BaseException | None):
+    """exc and the exceptions it was raised from or during."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _raised_in(exc: BaseException, module: str) -> bool:
+    """Whether exc passed through code of `module` (or a submodule) on its way up."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith(module):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def injected(env: str, out_dir: str | os.PathLike) -> bool:

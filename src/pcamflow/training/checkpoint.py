@@ -23,9 +23,11 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(state, format_version=FORMAT_VERSION), tmp)
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file.
+    Through a file object: a full disk is then an OSError naming `path` (given a path, torch.save
+    raises RuntimeError "unexpected pos ..." instead)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(state, format_version=FORMAT_VERSION), fh)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

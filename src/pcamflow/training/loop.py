@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pcamflow import metrics, provenance
 from pcamflow.data.predictions import predict_logits
 from pcamflow.data.transforms import BatchTransform
+from pcamflow.errors import PcamflowError
 from pcamflow.rundir import BEST_CHECKPOINT, SCORED, VAL_LOSS
 from pcamflow.training.checkpoint import save_checkpoint
 from pcamflow.training.outputs import write_outputs
@@ -34,8 +35,9 @@ from pcamflow.training.stop import StopRequest
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite: the run cannot continue."""
+class TrainingDiverged(PcamflowError):
+    """The training loss became NaN or infinite: the run cannot continue. An outcome of the run's
+    settings, said plainly (one line), not an unexpected error."""
 
 
 def train_one_epoch(

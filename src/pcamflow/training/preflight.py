@@ -32,6 +32,7 @@ from pcamflow.data.predictions import predict_logits
 from pcamflow.data.store import load_split, store_files, verify_store
 from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError
+from pcamflow.experiment import record_trained_store
 from pcamflow.io import now_iso, write_json
 from pcamflow.slurm import allocation, slurm_job
 from pcamflow.training.device import check_amp, resolve_device
@@ -217,14 +218,19 @@ def run_preflight(
     store: str | os.PathLike,
     out: str | os.PathLike,
     steps: int = TRIAL_STEPS,
+    experiment_root: str | os.PathLike | None = None,
 ) -> dict:
     """Every check; writes `out` (JSON) when all pass. A failure raises one PcamflowError line naming
-    the partition and the problem, and writes nothing."""
+    the partition and the problem, and writes nothing. experiment_root: the results root whose runs
+    the store is for (the workflow's); a store other than the one they were trained on is refused,
+    the first one recorded (pcamflow.experiment)."""
     store, partition = Path(store), partition_name()
     point = costliest_point(points, training)
     try:
         _, device_record = check_device(training)
         store_record = check_store(store)
+        if experiment_root is not None:
+            record_trained_store(Path(experiment_root), store_record["checksum"])
         scratch_record = check_scratch(store)
         with tempfile.TemporaryDirectory(prefix="pcamflow-preflight-") as state_dir:
             trial = trial_steps(point, seed, training, store, Path(state_dir), steps)

@@ -1,8 +1,11 @@
 """Whether a training run succeeded, and what a run that failed for good leaves behind.
 
 The contract (shared with `pcamflow status`): a run's `run.json` holds `"status": "done"`, or
-`"status": "failed"` with `"failure": {"reason": <one line>, "attempts": <int>}`; a run.json without
-`status` (older runs) counts as done. A run that fails on its last attempt (Snakemake's `retries`
+`"status": "failed"` with `"failure": {"reason": <one line>, "attempts": <int>, "category": <what
+failed>}`; a run.json without `status` (older runs) counts as done, a failure without `category`
+as the run's own. The category is `run` when the run itself failed (its settings, or the code's
+answer to them), else what did instead, so nobody blames the run's settings and a retry is worth it
+once that is fixed: `disk`, `software`, `cache`, `node`. A run that fails on its last attempt (Snakemake's `retries`
 plus one) still writes every declared output, marked failed, so the summaries, the champion, the
 evaluation and the report are built from the runs that succeeded instead of the whole sweep
 stopping. Earlier attempts fail as usual, so Snakemake retries them first (the attempt's logic:
@@ -35,6 +38,29 @@ from pcamflow.rundir import (
 )
 
 DONE, FAILED = "done", "failed"
+# What failed (failure["category"]): the run, or something that is not the run's own
+RUN, DISK, SOFTWARE, CACHE, NODE = "run", "disk", "software", "cache", "node"
+NOT_THE_RUNS_OWN = {
+    DISK: "a full or failing disk",
+    SOFTWARE: "a missing or broken module",
+    CACHE: "a damaged cache or saved state",
+    NODE: "the node or its GPU",
+}
+
+
+def failure_category(failure: dict | None) -> str:
+    """The category of a recorded failure (RUN for records made before categories)."""
+    return (failure or {}).get("category") or RUN
+
+
+def describe_failure(failure: dict | None) -> str:
+    """A recorded failure's reason, led by what failed when it was not the run itself."""
+    failure = failure or {}
+    reason = failure.get("reason") or "no reason recorded"
+    category = failure_category(failure)
+    if category == RUN:
+        return reason
+    return f"not the run's own ({category}: {NOT_THE_RUNS_OWN.get(category, category)}); retry it once fixed: {reason}"
 
 
 def run_status(run_dir: str | os.PathLike) -> dict:
@@ -51,6 +77,7 @@ def write_failed_run(
     run_config: dict,
     reason: str,
     attempts: int,
+    category: str = RUN,
 ) -> None:
     """Every declared output of a training run, marked failed: run.json with the reason, the history
     and metrics of the epochs it finished (none when it never got through one), and checkpoint files
@@ -59,7 +86,7 @@ def write_failed_run(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failure = {"reason": reason, "attempts": int(attempts)}
+    failure = {"reason": reason, "attempts": int(attempts), "category": category}
     progress = _saved_progress(Path(state_dir) / LAST_CHECKPOINT)
     epochs, steps = progress.get("epochs", []), progress.get("steps", [])
     selection = run_config.get("training", {}).get("selection_metric", "val_auc")

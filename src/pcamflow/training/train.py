@@ -40,10 +40,13 @@ def run_training(
 
 def cli_main(args) -> int:
     """`pcamflow train --config RUN.yaml --out DIR [--state-dir DIR] [--live-dir DIR]`."""
-    check_output_dir(args.out)  # before an epoch is trained, not after it
-    if getattr(args, "state_dir", None):
-        check_output_dir(args.state_dir, "--state-dir")
     run_config = load_yaml(args.config)
+    store = [run_config["data"]] if isinstance(run_config.get("data"), str) else []
+    # before an epoch is trained, not after it; never inside the store it reads
+    for option in ("--out", "--state-dir", "--live-dir"):
+        folder = getattr(args, option[2:].replace("-", "_"), None)
+        if folder:
+            check_output_dir(folder, option, inputs=store)
     try:
         summary = run_training(
             run_config, args.out, getattr(args, "state_dir", None), getattr(args, "live_dir", None)
