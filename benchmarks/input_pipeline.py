@@ -6,9 +6,10 @@ clock `timed_steps`), measured with the `throughput:` settings of `--config` (wa
 `min_seconds`, workers): the same measurement as the command and the rule `throughput`, repeated.
 
   - input share: the time a training step waits for its input (gather, D4, uint8 -> float,
-    normalisation, NHWC -> NCHW) over the step's time, for the config's CNN and MLP at
-    `--train-batch-size` on `--train-threads` threads (the training default: one), with the CPU
-    accelerator on (`training.cpu_accelerator: auto`) and off (the torch ops). Goal: <= 10%.
+    normalisation, NHWC -> NCHW) over the step's time, for the config's CNN and MLP (their sizes
+    and `channels_last`) at `--train-batch-size` on `--train-threads` threads (the training
+    default: one), with the CPU accelerator on (`training.cpu_accelerator: auto`) and off (the
+    torch ops). Goal: <= 10%.
   - pipeline (`data`) against the course's loader (`course`: H5 files opened once per worker and kept
     open, per-sample PIL transforms, in `--workers` worker processes) and the same loader reopening
     both files for every tile (`reopen`, torchvision's `PCAM`): the pipeline in `--threads` torch
@@ -47,14 +48,17 @@ COPY_TILES = 1024  # tiles copied into the float32 layout
 SHARE_GOAL = 0.10  # input share of a CPU training step, at most
 BASELINES = {"course": "course loader (files kept open)", "reopen": "reopen per tile"}
 ACCELERATOR = ("auto", "off")  # training.cpu_accelerator
-MODEL_SIZES = ("cnn_width", "mlp_hidden")  # the training settings that size the default models
+# the training settings of --config that shape a step: the models' sizes and the memory layout
+STEP_SETTINGS = ("cnn_width", "mlp_hidden", "channels_last")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default="config/config.yaml", help="throughput settings and model sizes")
+    parser.add_argument(
+        "--config", default="config/config.yaml", help="throughput settings, model sizes, channels_last"
+    )
     parser.add_argument(
         "--raw-x", default=str(RESULTS / "data/synthetic" / constants.raw_filename("train", "x"))
     )
@@ -86,7 +90,7 @@ def measure(args: argparse.Namespace) -> None:
     timing = validate_section("throughput", {**config.get("throughput", {}), **given}, source=args.config)
     timing = {k: timing[k] for k in ("warmup", "steps", "workers", "min_seconds")}
     training = validate_training(config.get("training", {}), source=args.config)
-    sizes = {key: training[key] for key in MODEL_SIZES}
+    sizes = {key: training[key] for key in STEP_SETTINGS}
     threads = args.train_threads or training["threads"]
     print(
         f"every figure a `pcamflow throughput` row ({', '.join(f'{k} {v}' for k, v in timing.items())}); "
@@ -120,7 +124,10 @@ def train_shares(args: argparse.Namespace, timing: dict, sizes: dict, threads: i
                 row = _measured(bench_row(spec), f"{model} training step")
                 shares[model, accelerator].append(row["data_time_s"] / row["seconds"])
                 rates[model, accelerator].append(row["img_per_s"])
-    print(f"input share of a CPU training step, batch {args.train_batch_size}, {threads} thread(s), fp32:")
+    print(
+        f"input share of a CPU training step, batch {args.train_batch_size}, {threads} thread(s), fp32, "
+        f"channels_last {sizes['channels_last']}:"
+    )
     for (model, accelerator), values in shares.items():
         share = statistics.median(values)
         print(

@@ -31,7 +31,7 @@ KERNEL_CALL = """
 from pcamflow.data import cpu_accelerator
 from pcamflow.training.attempt import failure_category, failure_reason
 try:
-    cpu_accelerator._each_tile.compile(cpu_accelerator.SIGNATURE)
+    cpu_accelerator._each_tile.compile(cpu_accelerator.SIGNATURES[0])
     print("ran")
 except Exception as exc:
     print(failure_category(exc), failure_reason(exc))

@@ -415,7 +415,7 @@ def test_input_pipeline_benchmark_prints_the_input_share_and_the_pipeline_agains
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert "warmup 1, steps 1, workers 1, min_seconds 0" in lines[0]
-    assert lines[1] == "input share of a CPU training step, batch 8, 1 thread(s), fp32:"
+    assert lines[1] == "input share of a CPU training step, batch 8, 1 thread(s), fp32, channels_last False:"
     shares = [line for line in lines if "% of the step" in line]
     for model, size in (("cnn", "cnn_width 4"), ("mlp", "mlp_hidden [8]")):
         for accelerator in ("auto", "off"):

@@ -236,8 +236,14 @@ def test_channels_last_gives_the_same_values_in_channels_last_layout(store, spli
 @pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"augment": False}],
-    ids=["d4", "jitter", "channels_last", "no_augment"],
+    [
+        {},
+        {"color_jitter": 0.3},
+        {"channels_last": True},
+        {"color_jitter": 0.3, "channels_last": True},
+        {"augment": False},
+    ],
+    ids=["d4", "jitter", "channels_last", "jitter_channels_last", "no_augment"],
 )
 def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(
     store, split, batch, options, threads, accelerated

@@ -30,10 +30,10 @@ from pcamflow.errors import first_line
 
 log = logging.getLogger(__name__)
 
-# x (B, H*W*3) uint8, transforms (B,), affine (8, 3) int64, scale and shift (3,), out (B, 3, H, W)
-SIGNATURE = (
-    "void(uint8[:, ::1], int64[::1], int64[:, ::1], float32[::1], float32[::1], float32[:, :, :, ::1])"
-)
+# x (B, H*W*3) uint8, transforms (B,), affine (8, 3) int64, scale and shift (3,), out (B, 3, H, W):
+# contiguous NCHW, or the NCHW view of NHWC memory (channels_last)
+ARGUMENTS = "uint8[:, ::1], int64[::1], int64[:, ::1], float32[::1], float32[::1], float32[:, :, :, {}]"
+SIGNATURES = (f"void({ARGUMENTS.format('::1')})", f"void({ARGUMENTS.format(':')})")
 # numba's own thread pool: its OpenMP layer would share torch's OpenMP runtime and change torch's
 # thread count (and with it a run's floating-point sums) when it starts
 THREADING_LAYER = "workqueue"
@@ -47,17 +47,22 @@ def d4_normalise(
     affine: np.ndarray,
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     """float32 (B, 3, H, H) of uint8 (B, H, H, 3) CPU tiles: tile b turned by D4 element transforms[b]
     (None: as is; `affine`: the elements' pixel maps, `transforms.d4_affine`), then x * scale + shift
-    per channel (None: not normalised)."""
+    per channel (None: not normalised). With channels_last, written in that memory format at once
+    (a copy less than converting afterwards)."""
     b, size = x.shape[0], x.shape[1]
     tiles = x.contiguous().numpy().reshape(b, -1)
     transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
     scale = np.ones(CHANNELS, np.float32) if scale is None else scale.numpy()
     shift = np.zeros(CHANNELS, np.float32) if shift is None else shift.numpy()
-    out = np.empty((b, CHANNELS, size, size), np.float32)
-    args = (tiles, transforms, affine, scale, shift, out)
+    if channels_last:
+        out = torch.empty((b, size, size, CHANNELS), dtype=torch.float32).permute(0, 3, 1, 2)
+    else:
+        out = torch.empty((b, CHANNELS, size, size), dtype=torch.float32)
+    args = (tiles, transforms, affine, scale, shift, out.numpy())
     in_this_thread, over_threads = compiled_passes()
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if threads == 1:  # the training default: no hand-off to numba's threads
@@ -66,7 +71,7 @@ def d4_normalise(
         with _ONE_CALL:
             numba.set_num_threads(threads)
             over_threads(*args)
-    return torch.from_numpy(out)
+    return out
 
 
 @numba.njit(inline="always")  # compiled into the two loops below
@@ -96,7 +101,7 @@ def _each_tile_over_threads(x, transforms, affine, scale, shift, out):
 
 @functools.cache
 def compiled_passes() -> tuple:
-    """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURE: numba's cached code, or
+    """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURES: numba's cached code, or
     compiled (seconds) and cached. A cache file numba cannot read is compiled afresh and written
     again, with one warning."""
     if numba.config.DISABLE_JIT:
@@ -114,13 +119,14 @@ def compiled_passes() -> tuple:
 
 
 def _compile(compiled) -> Exception | None:
-    """Compile (or load) `compiled` for SIGNATURE; the error of an unreadable cache, when it was one."""
-    try:
-        compiled.compile(SIGNATURE)
-        cause = None
-    except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
-        compiled._cache.flush()  # numba's own reset: an empty cache index, so this compile rewrites it
-        compiled.compile(SIGNATURE)
-        cause = exc
+    """Compile (or load) `compiled` for SIGNATURES; the error of an unreadable cache, when it was one."""
+    cause = None
+    for signature in SIGNATURES:
+        try:
+            compiled.compile(signature)
+        except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
+            compiled._cache.flush()  # numba's own reset: an empty cache index, so this compile rewrites it
+            compiled.compile(signature)
+            cause = cause or exc
     compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
     return cause

@@ -149,11 +149,13 @@ class BatchTransform:
     __call__ = to_input
 
     def _float(self, x: torch.Tensor, transforms: torch.Tensor | None, *, normalise: bool = False):
-        """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (None: as is)."""
+        """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (None: as is);
+        the compiled pass writes it channels_last at once when that is asked for."""
         accelerator = cpu_accelerator() if self.accelerated else None
         if accelerator is not None:
             scale, shift = (self.scale, self.shift) if normalise else (None, None)
-            return accelerator.d4_normalise(x, transforms, d4_affine(x.shape[1]), scale, shift)
+            affine = d4_affine(x.shape[1])
+            return accelerator.d4_normalise(x, transforms, affine, scale, shift, self.channels_last)
         planes = to_planes(x)  # the D4 view on planes, not on interleaved pixels: 25% faster
         if transforms is not None:
             planes = apply_d4(planes, transforms, NCHW_ROWS_COLUMNS)
