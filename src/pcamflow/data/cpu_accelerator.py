@@ -58,10 +58,11 @@ def d4_normalise(
     transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
     scale = np.ones(CHANNELS, np.float32) if scale is None else scale.numpy()
     shift = np.zeros(CHANNELS, np.float32) if shift is None else shift.numpy()
+    # numpy's empty: torch's fills its memory with NaN first under deterministic algorithms
     if channels_last:
-        out = torch.empty((b, size, size, CHANNELS), dtype=torch.float32).permute(0, 3, 1, 2)
+        out = torch.from_numpy(np.empty((b, size, size, CHANNELS), np.float32)).permute(0, 3, 1, 2)
     else:
-        out = torch.empty((b, CHANNELS, size, size), dtype=torch.float32)
+        out = torch.from_numpy(np.empty((b, CHANNELS, size, size), np.float32))
     args = (tiles, transforms, affine, scale, shift, out.numpy())
     in_this_thread, over_threads = compiled_passes()
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)

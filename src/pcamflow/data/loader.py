@@ -144,7 +144,14 @@ class BatchLoader:
         """Batch k gathered on the host (into pinned memory when it goes to a CUDA device)."""
         idx = self._order[self._batch(k)]
         cuda = self.device.type == "cuda"
-        x = torch.empty((len(idx), *self.x.shape[1:]), dtype=torch.uint8, pin_memory=cuda)
+        shape = (len(idx), *self.x.shape[1:])
+        # numpy's empty on a CPU: under deterministic algorithms (the training default) torch's
+        # empty first fills the memory, slowly (8 ms for 128 tiles), and the gather overwrites it all
+        x = (
+            torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            if cuda
+            else torch.from_numpy(np.empty(shape, np.uint8))
+        )
         np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
         return (x, self._y(k).pin_memory()) if cuda else (x, self._y(k))
 

@@ -46,7 +46,8 @@ def apply_d4(
         return d4_view(x, transform, dims).contiguous()
     # which tiles drew which element is found on the host, so CUDA work is queued without a sync
     transform = transform.cpu()
-    out = torch.empty_like(x)
+    out = x.clone()  # every tile is overwritten below; torch's empty_like fills first, slowly, under
+    # deterministic algorithms (the training default)
     for t in range(D4_SIZE):  # one flip/rot90 per element, on the tiles that drew it
         tiles = (transform == t).nonzero().squeeze(1)
         if len(tiles):

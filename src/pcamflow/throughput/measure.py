@@ -328,6 +328,7 @@ def measure_course(spec: BenchSpec) -> Measurement:
 def measure_data(spec: BenchSpec) -> Measurement:
     """The input pipeline alone: gather, move to the device, normalise and augment."""
     settings = _training_settings(spec)
+    configure_determinism(settings["deterministic"])  # as training runs it, whatever ran before
     batches = pipeline_batches(_loader(spec, settings), _transform(spec, settings), train=True)
     return timed_steps(batches, _no_step, spec)
 
