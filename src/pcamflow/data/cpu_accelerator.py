@@ -1,11 +1,11 @@
 """The optional compiled CPU pass of the input transform (`training.cpu_accelerator: auto`).
 
-uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW, one tile at a time
-in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the reference) make several
-passes over the whole batch: about 1 ms of CPU against 5 for a batch of 64 on one thread, which
-takes a default MLP step's input share from about 15% to 7% (CNN: 3.3% to 1.8%; measured on a
-loaded 2-core machine, `benchmarks/input_pipeline.py`). The values are bit-identical to the torch ops (tested): float32
-multiply, then add, never a fused multiply-add (numba's default: fastmath off). With one torch
+uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW (or channels_last),
+one tile at a time in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the
+reference) make several passes over the whole batch: about 1 ms of CPU against 4 for a batch of 64
+on one thread, which takes the demo MLP step's input share from 17.8% to 5.7% (CNN: 7.2% to 3.2%;
+batch 64, channels_last, `benchmarks/input_pipeline.py` on a loaded 2-core machine). The values are
+bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add (numba's default: fastmath off). With one torch
 thread (the training default) the loop runs in the calling thread; with more, the tiles are shared
 over as many of numba's threads (`prange`).
 
