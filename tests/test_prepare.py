@@ -76,7 +76,7 @@ def test_counts_say_what_was_dropped_and_why(tmp_path):
     assert counts["train"] == {
         "raw": 12,
         "kept": 9,
-        "dropped": {"black": 1, "white": 1, "cross_split_duplicate": 1},
+        "dropped": {"black": 1, "white": 1, "cross_split_duplicate": 1, "within_split_duplicate": 0},
         "dropped_total": 3,
     }
     assert counts["valid"]["kept"] == 6 and counts["valid"]["dropped_total"] == 0
@@ -91,6 +91,23 @@ def test_what_is_dropped_follows_the_config(tmp_path):
     assert load_split(tmp_path / "a", "valid").index.tolist() == [2, 3, 4, 5]
     run_prepare(raw_dir, tmp_path / "b", drop_black_white_from=[])
     assert load_split(tmp_path / "b", "train").index.tolist() == [i for i in range(12) if i != 4]
+
+
+def test_repeated_copies_within_a_split_are_dropped_but_the_first_where_configured(tmp_path):
+    raw_dir, data = raw_data(tmp_path)
+    train, valid = data["train"][0], data["valid"][0]
+    train[7], train[9], valid[3] = train[5], train[5], valid[2]  # train: 5, 7, 9 one tile; valid: 2, 3
+    for split in ("train", "valid"):
+        write_split(raw_dir, split, *data[split])
+    stats = run_prepare(raw_dir, tmp_path / "a", drop_duplicates_from=["train"])
+    assert load_split(tmp_path / "a", "train").index.tolist() == [0, 1, 5, 6, 8, 10, 11]
+    assert load_split(tmp_path / "a", "valid").index.tolist() == list(range(SIZES["valid"]))
+    assert stats["counts"]["train"]["dropped"]["within_split_duplicate"] == 2
+    assert stats["settings"]["drop_duplicates_from"] == ["train"]
+    run_prepare(raw_dir, tmp_path / "b", drop_duplicates_from=["train", "valid"])
+    assert 3 not in load_split(tmp_path / "b", "valid").index.tolist()
+    run_prepare(raw_dir, tmp_path / "c", drop_duplicates_from=[])
+    assert {7, 9} <= set(load_split(tmp_path / "c", "train").index.tolist())
 
 
 def test_stats_are_the_channel_mean_and_std_of_kept_train_tiles(tmp_path):

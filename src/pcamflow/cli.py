@@ -72,6 +72,10 @@ def _prepare(sub):
         action="store_true",
         help="keep train tiles that also occur in valid/test",
     )
+    p.add_argument(
+        "--drop-duplicates-from",
+        help="comma-separated splits to drop repeated copies of a tile from, keeping the first (default: train)",
+    )
 
 
 def _train(sub):

@@ -1,8 +1,8 @@
 """Prepare: the clean uint8 store (layout in `pcamflow.data.store`) from raw PCAM files and their audits.
 
 Each split is streamed in blocks, cleaned by `rawdata.clean_tiles`, filtered (black/white tiles
-from the splits the config names, train tiles that also occur in valid or test) and appended
-to its .npy file. Labels of kept tiles are copied as they are. The store is written into a
+and every copy but the first of a tile repeated within the split, from the splits the config names;
+train tiles that also occur in valid or test) and appended to its .npy file. Labels of kept tiles are copied as they are. The store is written into a
 temporary directory beside the output and moved in only when complete (manifest last), so a
 failure leaves nothing behind.
 """
@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from pcamflow.io import read_json, sha256sum, write_json
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("black", "white", "cross_split_duplicate")
+DROP_REASONS = ("black", "white", "cross_split_duplicate", "within_split_duplicate")
 
 
 @dataclass
@@ -57,12 +58,20 @@ def prepare_store(
     cross: dict,
     drop_black_white_from: list[str],
     drop_cross_split_duplicates: bool,
+    drop_duplicates_from: Sequence[str] = (),
     block_size: int,
 ) -> dict:
     """Write the store for raw = {split: (x_path, y_path)}; return its stats.json content."""
     out_dir = Path(out_dir)
     plans = {
-        split: plan_split(split, audits[split], cross, drop_black_white_from, drop_cross_split_duplicates)
+        split: plan_split(
+            split,
+            audits[split],
+            cross,
+            drop_black_white_from,
+            drop_cross_split_duplicates,
+            drop_duplicates_from,
+        )
         for split in raw
     }
     if "train" not in raw:
@@ -85,7 +94,12 @@ def prepare_store(
             digests.update(split_digests)
             if split == "train":
                 histogram = _kept_histogram(audits[split], dropped)
-        stats = _stats(histogram, plans, drop_black_white_from, drop_cross_split_duplicates)
+        settings = {
+            "drop_black_white_from": list(drop_black_white_from),
+            "drop_cross_split_duplicates": drop_cross_split_duplicates,
+            "drop_duplicates_from": list(drop_duplicates_from),
+        }
+        stats = _stats(histogram, plans, settings)
         write_json(tmp / STATS_FILE, stats)
         digests[STATS_FILE] = sha256sum(tmp / STATS_FILE)
         write_json(tmp / MANIFEST_FILE, _manifest(digests, audits))
@@ -96,9 +110,15 @@ def prepare_store(
 
 
 def plan_split(
-    split: str, audit: dict, cross: dict, drop_black_white_from: list[str], drop_cross_split_duplicates: bool
+    split: str,
+    audit: dict,
+    cross: dict,
+    drop_black_white_from: Sequence[str],
+    drop_cross_split_duplicates: bool,
+    drop_duplicates_from: Sequence[str] = (),
 ) -> SplitPlan:
-    """Which rows of a split to keep: black/white dropped where configured, train leaks if configured."""
+    """Which rows of a split to keep: black/white dropped where configured, train leaks if configured,
+    and where configured every copy of a tile repeated within the split but its first."""
     n = audit["n_tiles"]
     keep = np.ones(n, dtype=bool)
     reasons = {}
@@ -108,6 +128,10 @@ def plan_split(
     if drop_cross_split_duplicates and split == "train":
         # only train loses tiles: valid/test stay as published, so results compare with others'.
         reasons["cross_split_duplicate"] = [p["index_a"] for p in cross["pairs"] if p["split_a"] == "train"]
+    if split in drop_duplicates_from:
+        reasons["within_split_duplicate"] = [
+            i for group in audit["duplicates"]["groups"] for i in sorted(group)[1:]
+        ]
     dropped = {}
     for reason in DROP_REASONS:
         rows = np.asarray(reasons.get(reason, []), dtype=np.int64)
@@ -176,6 +200,8 @@ def _settings_from(args) -> tuple[dict, dict]:
         given["drop_black_white_from"] = [s for s in args.drop_black_white_from.split(",") if s]
     if args.keep_cross_split_duplicates:
         given["drop_cross_split_duplicates"] = False
+    if args.drop_duplicates_from is not None:
+        given["drop_duplicates_from"] = [s for s in args.drop_duplicates_from.split(",") if s]
     audit_given = {"block_size": args.block_size} if args.block_size is not None else {}
     return (
         validate_section("prepare", given, source="pcamflow prepare"),
@@ -264,7 +290,7 @@ def _kept_histogram(audit: dict, dropped: np.ndarray) -> np.ndarray:
     return np.array([audit["cleaned_histogram"][c] for c in CHANNELS], dtype=np.int64) - dropped
 
 
-def _stats(histogram: np.ndarray, plans: dict, drop_black_white_from, drop_cross_split_duplicates) -> dict:
+def _stats(histogram: np.ndarray, plans: dict, settings: dict) -> dict:
     """Per-channel mean/std on the [0, 1] scale from the exact value histogram of kept train tiles."""
     mean, std = histogram_moments(histogram)
     return {
@@ -282,10 +308,7 @@ def _stats(histogram: np.ndarray, plans: dict, drop_black_white_from, drop_cross
             }
             for split, plan in plans.items()
         },
-        "settings": {
-            "drop_black_white_from": list(drop_black_white_from),
-            "drop_cross_split_duplicates": drop_cross_split_duplicates,
-        },
+        "settings": settings,
     }
 
 

@@ -26,7 +26,12 @@ TEST_METRICS = (
 )
 CHAMPION_PREDICTORS = ("champion", "champion without TTA")
 MAX_LISTED_FAILURES = 20  # the report and terminal name at most this many failed runs, then count the rest
-DROPPED = {"black": "black", "white": "white", "cross_split_duplicate": "copies of valid/test tiles"}
+DROPPED = {
+    "black": "black",
+    "white": "white",
+    "cross_split_duplicate": "copies of valid/test tiles",
+    "within_split_duplicate": "repeated copies within the split",
+}
 
 
 def champion_member(evaluation: Mapping) -> str:
