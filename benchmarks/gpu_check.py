@@ -2,7 +2,7 @@
 
 For every model x precision (fp32, bf16, fp16) x batch size (256, 512), channels_last, one training
 step (`pcamflow.training.step.train_step`, through `pcamflow.throughput.measure.bench_row`, the function behind
-`pcamflow throughput`) is timed with each input path of `pcamflow.data.pipeline.BatchLoader`:
+`pcamflow throughput`) is timed with each input path of `pcamflow.data.loader.BatchLoader`:
   - resident: the uint8 train split in GPU memory, a batch is one on-device gather;
   - host: a gather in host memory into pinned memory, prefetched and copied on a side stream.
 Each row prints img/s, the peak GPU memory (the resident split included) and the input share of a

@@ -7,8 +7,8 @@
 rule throughput:
     input:
         store=store_input(["train"]),
-        # the course's loader (modes naive and reopen) reads the raw train file
-        raw=(raw_files("train") if {"naive", "reopen"} & set(config["throughput"]["modes"]) else []),
+        # the course's loader (modes course and reopen) reads the raw train file
+        raw=(raw_files("train") if {"course", "reopen"} & set(config["throughput"]["modes"]) else []),
     output:
         THROUGHPUT_CSV,
     log:

@@ -106,7 +106,7 @@ def test_pcam_config_validates_and_holds_the_course_grid():
     bench = cfg["throughput"]
     assert min(bench["batch_sizes"]) == 1 and max(bench["batch_sizes"]) == 512
     assert set(bench["precisions"]) == {"fp32", "bf16", "fp16"}
-    assert set(bench["modes"]) == {"data", "naive", "forward", "train"}
+    assert set(bench["modes"]) == {"data", "course", "forward", "train"}
 
 
 def test_cost_command_prints_a_consistent_table_for_pcam_yaml():

@@ -96,7 +96,7 @@ RUN_ELSEWHERE = {
     ),
     # benchmarks (without CUDA, gpu_check says so and exits 69)
     r"\.venv/bin/python benchmarks/input_pipeline\.py .*": (
-        "tests/test_measure.py::test_input_pipeline_benchmark_prints_the_pipeline_against_both_baselines_and_the_bounds"
+        "tests/test_measure.py::test_input_pipeline_benchmark_prints_the_input_share_and_the_pipeline_against_both_baselines"
     ),
     r"\.venv/bin/python benchmarks/gpu_check\.py": (
         "tests/test_gpu_check.py::test_without_cuda_it_says_so_in_one_line_and_exits_69"

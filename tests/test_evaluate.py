@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 from train_fixtures import write_manifest
 
 from pcamflow import metrics
-from pcamflow.data.pipeline import predict_proba
+from pcamflow.data.predictions import predict_proba
 from pcamflow.errors import PcamflowError
 from pcamflow.evaluation import evaluate as ev
 from pcamflow.training.checkpoint import save_checkpoint

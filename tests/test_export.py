@@ -14,7 +14,7 @@ import pytest
 import torch
 from bundle_fixtures import make_bundle, stats_of, synthetic_tiles, tiny_model
 
-from pcamflow.data.pipeline import predict_proba
+from pcamflow.data.predictions import predict_proba
 from pcamflow.deployment.export import (
     BUNDLE_FILES,
     MANIFEST_FILE,

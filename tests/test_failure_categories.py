@@ -25,13 +25,13 @@ from pcamflow.training.loop import TrainingDiverged
 REPO = Path(__file__).resolve().parents[1]
 POINT = {"model": "cnn", "lr": 0.001, "batch_size": 32, "optimizer": "adam"}
 
-# Run in a process of its own: compile two kernels into a fresh numba cache, or call them from it
+# Run in a process of its own: compile the CPU accelerator's loop into a fresh numba cache, or load
+# it from there through numba alone (the accelerator itself recompiles a damaged cache: its tests)
 KERNEL_CALL = """
-import numpy as np
-from pcamflow.data import cpu_kernel
+from pcamflow.data import cpu_accelerator
 from pcamflow.training.attempt import failure_category, failure_reason
 try:
-    cpu_kernel._share(np.zeros((8, 3), np.int64), np.zeros(4, np.int64), 0, 1)
+    cpu_accelerator._each_tile.compile(cpu_accelerator.SIGNATURES[0])
     print("ran")
 except Exception as exc:
     print(failure_category(exc), failure_reason(exc))

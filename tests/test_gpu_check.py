@@ -61,7 +61,10 @@ def test_tiny_table_on_cpu_measures_both_input_paths(gpu_check, capsys):
 def test_a_row_shows_gpu_memory_on_cuda_and_no_figures_when_not_measured(gpu_check):
     spec = bench.BenchSpec(mode="train", data="S", model="resnet50", batch_size=512, device="cuda")
     ok = bench._row(
-        spec, "ok", "", bench.Measurement(seconds=2.0, images=5120, data_time_s=0.1, cpu_seconds=1)
+        spec,
+        "ok",
+        "",
+        bench.Measurement(warmup=3, steps=10, seconds=2.0, images=5120, data_time_s=0.1, cpu_seconds=1),
     )
     ok.update(input="resident", peak_gpu_mem_mb=70123.4, peak_rss_mb=2000.0)
     cells = gpu_check.table_row(ok)

@@ -1,4 +1,5 @@
-"""The input pipeline: seeded, resumable batches; on-device normalisation and D4; predict_proba."""
+"""The input pipeline: seeded, resumable batches; on-device normalisation and D4, in torch ops and
+in the optional compiled CPU pass (bit for bit the same); predict_proba."""
 
 from concurrent.futures import ThreadPoolExecutor
 
@@ -7,22 +8,11 @@ import pytest
 import torch
 from train_fixtures import write_store
 
-from pcamflow.data import cpu_kernel
-from pcamflow.data.pipeline import (
-    D4_SIZE,
-    RESIDENT_SHARE,
-    BatchLoader,
-    BatchTransform,
-    Tiles,
-    _d4_affine,
-    _d4_index_maps,
-    apply_d4,
-    device_resident,
-    predict_proba,
-    resident_copy,
-    resident_fits,
-)
+from pcamflow.data import transforms
+from pcamflow.data.loader import RESIDENT_SHARE, BatchLoader, device_resident, resident_copy, resident_fits
+from pcamflow.data.predictions import predict_proba
 from pcamflow.data.store import Split, load_split, load_stats
+from pcamflow.data.transforms import D4_SIZE, BatchTransform, apply_d4, d4_affine
 from pcamflow.errors import PcamflowError
 
 
@@ -36,9 +26,18 @@ def split(store):
     return load_split(store, "train", mmap=True)
 
 
+@pytest.fixture(scope="module")
+def accelerated():
+    """The compiled CPU pass, ready: a test comparing it with the torch ops must not compare the
+    torch ops with themselves after a silent fallback."""
+    accelerator = transforms.cpu_accelerator()
+    assert accelerator is not None, "the compiled CPU pass fell back to the torch ops (see the warning)"
+    return accelerator
+
+
 def batches(loader):
-    """Every batch of the rest of the epoch as uint8 tensors (lazy batches gathered)."""
-    return [((x.gather() if isinstance(x, Tiles) else x).clone(), y.clone()) for x, y in loader]
+    """Every batch of the rest of the epoch as uint8 tensors."""
+    return [(x.clone(), y.clone()) for x, y in loader]
 
 
 def test_an_epoch_yields_every_tile_once_as_uint8_batches(split):
@@ -87,11 +86,10 @@ INPUT_PATHS = {
     "host": {},
     "prefetched": {"prefetch": True},  # the background gather CUDA uses when the split does not fit
     "resident": {"resident": True},  # on the cpu device: the same code as on CUDA, in host memory
-    "lazy": {"lazy": True},  # what CPU training uses: the transform gathers the tiles itself
 }
 
 
-@pytest.mark.parametrize("path", ["prefetched", "resident", "lazy"])
+@pytest.mark.parametrize("path", ["prefetched", "resident"])
 @pytest.mark.parametrize(
     "options", [{}, {"balanced": True}, {"drop_last": True}], ids=["shuffle", "balanced", "drop_last"]
 )
@@ -109,7 +107,7 @@ def test_every_input_path_yields_the_host_batches_bit_for_bit(split, path, optio
 
 @pytest.mark.parametrize(
     ("first", "then"),
-    [("resident", "host"), ("host", "prefetched"), ("prefetched", "lazy"), ("lazy", "resident")],
+    [("resident", "host"), ("host", "prefetched"), ("prefetched", "resident")],
 )
 def test_a_loader_resumes_mid_epoch_on_another_input_path(split, first, then):
     reference = batches(BatchLoader(split, 8, seed=3))
@@ -234,18 +232,29 @@ def test_channels_last_gives_the_same_values_in_channels_last_layout(store, spli
     assert torch.equal(cl, BatchTransform(stats).to_input(x, train=False))
 
 
-@pytest.mark.parametrize("batch", [1, 5, 40])  # 40: the kernel shares the tiles out over 2 threads
+@pytest.mark.parametrize("threads", [1, 2])  # 1: in the calling thread; 2: over numba's threads
+@pytest.mark.parametrize("batch", [1, 5, 40])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"augment": False}],
-    ids=["d4", "jitter", "channels_last", "no_augment"],
+    [
+        {},
+        {"color_jitter": 0.3},
+        {"channels_last": True},
+        {"color_jitter": 0.3, "channels_last": True},
+        {"augment": False},
+    ],
+    ids=["d4", "jitter", "channels_last", "jitter_channels_last", "no_augment"],
 )
-def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, split, batch, options):
+def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(
+    store, split, batch, options, threads, accelerated
+):
     stats = load_stats(store)
     x = torch.from_numpy(np.array(split.x[np.arange(batch) % len(split.x)]))
-    compiled, torch_ops = BatchTransform(stats, **options), BatchTransform(stats, compiled=False, **options)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    compiled = BatchTransform(stats, **options)
+    torch_ops = BatchTransform(stats, cpu_accelerator="off", **options)
+    assert compiled.accelerated and not torch_ops.accelerated
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         for train in (True, False):
             a = compiled.to_input(x, train=train, generator=torch.Generator().manual_seed(3))
@@ -254,29 +263,22 @@ def test_compiled_cpu_transform_gives_the_torch_ops_values_bit_for_bit(store, sp
             assert a.stride() == b.stride()
             assert torch.equal(a, b)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
 
 
-@pytest.mark.parametrize("size", [1, 5, 16, 24])  # 16, 24: 8x8-block transposes; 1, 5: element by element
-def test_compiled_cpu_transform_handles_other_tile_sizes_bit_for_bit(store, size):
+@pytest.mark.parametrize("size", [1, 2, 5, 16, 24])
+def test_compiled_cpu_transform_handles_other_tile_sizes_bit_for_bit(store, size, accelerated):
     x = torch.from_numpy(np.random.default_rng(size).integers(0, 256, (24, size, size, 3), dtype=np.uint8))
     stats = load_stats(store)
-    compiled, torch_ops = BatchTransform(stats), BatchTransform(stats, compiled=False)
+    compiled, torch_ops = BatchTransform(stats), BatchTransform(stats, cpu_accelerator="off")
     a = compiled.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
     b = torch_ops.to_input(x, train=True, generator=torch.Generator().manual_seed(size))
     assert a.shape == (24, 3, size, size) and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("parts", [1, 2, 3, 5])
-def test_kernel_shares_cover_the_batch_once_in_order(parts):
-    affine = _d4_affine(96)
-    for batch in (0, 1, 4, 9, 40):
-        transforms = np.random.default_rng(batch).integers(0, D4_SIZE, batch)
-        shares = [cpu_kernel._share(affine, transforms, part, parts) for part in range(parts)]
-        assert [b for first, end in shares for b in range(first, end)] == list(range(batch))
-
-
-def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_values(store, split):
+def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_values(
+    store, split, accelerated
+):
     transform = BatchTransform(load_stats(store))
     x = torch.from_numpy(np.array(split.x[np.arange(40) % len(split.x)]))
 
@@ -284,10 +286,10 @@ def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_v
         return transform.to_input(x, train=True, generator=torch.Generator().manual_seed(seed))
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # 40 tiles: a lone caller shares them with a helper thread
+    torch.set_num_threads(2)  # the compiled pass shares the 40 tiles over numba's 2 threads
     try:
         expected = [run(seed) for seed in range(8)]
-        with ThreadPoolExecutor(2) as pool:  # one caller gets the helper, the other runs on its own
+        with ThreadPoolExecutor(2) as pool:  # numba's thread pool takes one call at a time: the other waits
             for _ in range(5):
                 got = list(pool.map(run, range(8)))
                 assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
@@ -295,83 +297,21 @@ def test_compiled_transform_called_from_two_threads_at_once_gives_each_its_own_v
         torch.set_num_threads(threads)
 
 
-def test_an_interrupted_wait_for_the_helpers_never_leaves_a_later_batch_half_written(
-    store, split, monkeypatch
-):
-    transform = BatchTransform(load_stats(store))
-    x = torch.from_numpy(np.array(split.x[np.arange(40) % len(split.x)]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        expected = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
-        helper = cpu_kernel._helpers(1)[0]
-        real_wait = helper.wait
-
-        def interrupted():  # Ctrl-C arrives while the helper still works on its share
-            real_wait()
-            helper._done.release()  # as if the helper finished only after the caller gave up
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(helper, "wait", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
-        assert cpu_kernel._helpers(1)[0] is not helper  # a stale "done" is never taken for the next batch
-        again = transform.to_input(x, train=True, generator=torch.Generator().manual_seed(1))
-        assert torch.equal(again, expected)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("batch", [1, 5, 40])
-@pytest.mark.parametrize(
-    "options",
-    [{}, {"color_jitter": 0.3}, {"channels_last": True}, {"compiled": False}],
-    ids=["d4", "jitter", "channels_last", "torch_ops"],
-)
-def test_lazy_tiles_read_from_the_store_give_the_gathered_batchs_values_bit_for_bit(store, batch, options):
-    mapped = load_split(store, "train", mmap=True)  # read straight from the memory-mapped file
-    idx = np.sort(np.random.default_rng(batch).integers(0, len(mapped), batch))
-    tiles = Tiles(mapped.x, idx)
-    assert tiles.shape == (batch, 96, 96, 3) and len(tiles) == batch
-    gathered = tiles.gather()
-    assert torch.equal(gathered, torch.from_numpy(mapped.x[idx]))
-    transform = BatchTransform(load_stats(store), **options)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # 40 tiles: the kernel's gather is shared over 2 threads
-    try:
-        for train in (True, False):
-            a = transform.to_input(tiles, train=train, generator=torch.Generator().manual_seed(3))
-            b = transform.to_input(gathered, train=train, generator=torch.Generator().manual_seed(3))
-            assert a.stride() == b.stride() and torch.equal(a, b)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_lazy_tiles_out_of_range_are_refused_not_read(split, store):
-    transform = BatchTransform(load_stats(store))
-    for idx in ([0, len(split)], [-1, 3]):
-        with pytest.raises(IndexError, match="tile index out of range"):
-            transform.to_input(Tiles(split.x, np.array(idx)), train=False)
-
-
-def test_lazy_batches_are_for_host_gathers_on_the_cpu(split):
-    for options in ({"resident": True}, {"device": "cuda"}):
-        with pytest.raises(ValueError, match="lazy batches"):
-            BatchLoader(split, 8, seed=0, lazy=True, **options)
-
-
 @pytest.mark.parametrize("size", [1, 2, 5, 96])
 def test_d4_affine_form_gives_every_index_map(size):
-    maps = _d4_index_maps(size).numpy().reshape(D4_SIZE, size, size)
+    """The compiled pass's affine form of each D4 element moves every pixel where the torch ops do."""
+    pixels = torch.arange(size * size).view(1, size, size, 1)  # each pixel holds its own number
     i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    for t, (base, row_step, col_step) in enumerate(_d4_affine(size)):
-        np.testing.assert_array_equal(base + i * row_step + j * col_step, maps[t])
+    for t, (base, row_step, col_step) in enumerate(d4_affine(size)):
+        np.testing.assert_array_equal(base + i * row_step + j * col_step, apply_d4(pixels, t)[0, :, :, 0])
 
 
-def test_compiled_transform_refuses_tiles_it_was_not_written_for(store):
-    transform = BatchTransform(load_stats(store))
-    with pytest.raises(ValueError, match=r"square RGB tiles"):
-        transform.to_input(torch.zeros((2, 96, 64, 3), dtype=torch.uint8), train=False)
+@pytest.mark.parametrize("setting", ["auto", "off"])
+def test_the_transform_refuses_tiles_it_was_not_written_for(store, setting):
+    transform = BatchTransform(load_stats(store), cpu_accelerator=setting)
+    for shape in ((2, 96, 64, 3), (2, 96, 96, 4)):
+        with pytest.raises(ValueError, match=r"square RGB tiles"):
+            transform.to_input(torch.zeros(shape, dtype=torch.uint8), train=False)
 
 
 class _CentreProbe(torch.nn.Module):

@@ -14,7 +14,7 @@ from bundle_fixtures import make_bundle, stats_of, synthetic_tiles, tiny_model
 from pcam_fixtures import write_dataset, write_split
 from PIL import Image
 
-from pcamflow.data.pipeline import predict_proba
+from pcamflow.data.predictions import predict_proba
 from pcamflow.data.rawdata import clean_tiles
 from pcamflow.deployment.export import META_FILE, load_bundle
 from pcamflow.deployment.predict import COLUMNS, predict_inputs, predict_tiles

@@ -80,16 +80,16 @@ def test_without_a_data_row_the_train_rows_own_input_share_decides():
 def test_data_rows_carry_their_speedup_over_each_baseline_at_the_same_batch_size():
     rows = [
         row("data", 30000.0, batch_size=8),
-        row("naive", 1000.0, batch_size=8),  # the course loader
+        row("course", 1000.0, batch_size=8),  # the course loader
         row("reopen", 300.0, batch_size=8),  # the per-tile reopen
         row("data", 5000.0, batch_size=32),  # no baseline row at 32
-        row("naive", 10.0, batch_size=32, partition="genoa"),  # another partition: ignored
-        row("naive", None, batch_size=64, status="error"),
+        row("course", 10.0, batch_size=32, partition="genoa"),  # another partition: ignored
+        row("course", None, batch_size=64, status="error"),
         row("data", 2000.0, batch_size=64),  # its course row failed and reopen was not run: no figure
         row("train", 500.0, batch_size=8),
     ]
     out = add_bottleneck(pd.DataFrame(rows))
-    assert "speedup_vs_naive" not in out  # "naive" named two different loaders over time
+    assert "speedup_vs_naive" not in out  # the column's old name (the mode was once called naive)
     course, reopen = out["speedup_vs_course"].tolist(), out["speedup_vs_reopen"].tolist()
     assert course[0] == 30.0 and reopen[0] == 100.0
     assert all(pd.isna(v) for v in course[1:] + reopen[1:])
@@ -148,8 +148,8 @@ def test_throughput_stage_on_the_test_config(finished_test_sweep):
     workflow_dir = finished_test_sweep  # the whole workflow on the test config (conftest)
     rows = pd.read_csv(workflow_dir / "results/summary/throughput.csv", keep_default_na=False)
     rome = rows[rows["partition"] == "rome"]
-    # config/test.yaml: cnn, batch 8, fp32, modes data, naive and train
-    assert sorted(rome["mode"]) == ["data", "naive", "train"] and set(rome["status"]) == {"ok"}
+    # config/test.yaml: cnn, batch 8, fp32, modes data, course and train
+    assert sorted(rome["mode"]) == ["course", "data", "train"] and set(rome["status"]) == {"ok"}
     assert (rome["img_per_s"].astype(float) > 0).all()
     assert rome.loc[rome["mode"] == "train", "bottleneck"].item() in (INPUT_BOUND, COMPUTE_BOUND)
     assert (workflow_dir / "results/summary/throughput_scaling.png").read_bytes()[:8] == PNG_MAGIC

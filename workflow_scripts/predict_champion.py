@@ -16,6 +16,7 @@ def main(smk):
         # operational keys, not params: changing one reruns nothing
         batch_size=smk.config["training"]["eval_batch_size"],
         device=smk.config["training"]["device"],
+        cpu_accelerator=smk.config["training"]["cpu_accelerator"],
     )
 
 

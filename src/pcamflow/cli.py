@@ -96,9 +96,9 @@ def _train(sub):
 
 def _bench(sub):
     p = sub.add_parser("throughput", help="measure img/s of one configuration and append a CSV row")
-    p.add_argument("--mode", required=True, choices=["data", "naive", "reopen", "forward", "train"])
+    p.add_argument("--mode", required=True, choices=["data", "course", "reopen", "forward", "train"])
     p.add_argument(
-        "--data", required=True, help="prepared store (naive, reopen: a raw _x.h5 with its _y.h5 beside it)"
+        "--data", required=True, help="prepared store (course, reopen: a raw _x.h5 with its _y.h5 beside it)"
     )
     p.add_argument("--model", default="cnn")
     p.add_argument("--batch-size", type=int, default=64)
@@ -106,6 +106,11 @@ def _bench(sub):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     for option in ("--workers", "--warmup", "--steps"):
         p.add_argument(option, type=int, help="default: the config schema's `throughput:` default")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        help="least seconds of warm-up and of timed steps (default: the schema's)",
+    )
     p.add_argument("--out", required=True, help="CSV to append a row to")
     p.add_argument("--partition", default="", help="label written in the row's partition column")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

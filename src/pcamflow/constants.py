@@ -2,6 +2,7 @@
 
 SPLITS = ("train", "valid", "test")
 TILE_SHAPE = (96, 96, 3)
+CHANNELS = TILE_SHAPE[2]  # RGB, the last axis of a stored tile
 CENTRE = 32  # the label depends on the centre 32x32 region
 X_KEY = "x"
 Y_KEY = "y"

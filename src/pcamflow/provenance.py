@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import socket
@@ -34,7 +35,6 @@ def git_state(path: str | os.PathLike = CODE_DIR) -> dict:
 
 
 def versions() -> dict:
-    import numba  # compiles the CPU input transform
     import torchvision
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -43,10 +43,17 @@ def versions() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
-        "numba": numba.__version__,
+        "numba": _installed_version("numba"),  # the CPU accelerator's compiler: not imported here
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "cudnn": cudnn if torch.cuda.is_available() else None,
     }
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def device_name(device: torch.device) -> str:

@@ -1,7 +1,7 @@
 """Raw PCAM H5 files: validate one split's (x, y) pair, stream its tiles in blocks, clean them.
 
 `clean_tiles` is the single definition of a "cleaned tile" (NaN/inf -> 0, clip to [0, 255],
-round, uint8): the audit, prepare, evaluation and the naive loader benchmark all use it.
+round, uint8): the audit, prepare, evaluation and the course loader benchmark all use it.
 """
 
 from __future__ import annotations

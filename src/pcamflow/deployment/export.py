@@ -3,7 +3,7 @@
 Layout (BUNDLE_FORMAT 1):
     model.pt2             a `torch.export` program: uint8 tiles (N, 96, 96, 3) as PCAM stores them
                           -> P(positive) (N,) float32; the training-side normalisation
-                          (`pipeline.BatchTransform`) is traced into the graph, so it cannot drift
+                          (`transforms.BatchTransform`) is traced into the graph, so it cannot drift
     bundle.json           threshold, input/output contract, grid point, provenance
     drift_reference.json  the train split's intensity histogram and the drift thresholds (`pcamflow.deployment.drift`)
     MODEL_CARD.md         data, grid point, test metrics with CIs, intended use, weak slices, limits
@@ -62,14 +62,15 @@ def tile_classifier(model, stats: dict):
     """
     import torch
 
-    from pcamflow.data.pipeline import BatchTransform
+    from pcamflow.data.transforms import BatchTransform
 
     class TileClassifier(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model.eval()
-            # Evaluation's transform, in torch ops (traceable), so the graph holds the training normalisation.
-            self.transform = BatchTransform(stats, device="cpu", augment=False, compiled=False)
+            # Evaluation's transform in the reference torch ops (traceable), so the graph holds the
+            # training normalisation.
+            self.transform = BatchTransform(stats, device="cpu", augment=False, cpu_accelerator="off")
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.softmax(self.model(self.transform.to_input(x, train=False)), dim=1)[:, 1]

@@ -24,8 +24,8 @@ import torch
 
 from pcamflow import constants
 from pcamflow.data import rawdata
-from pcamflow.data.pipeline import D4_SIZE, apply_d4
 from pcamflow.data.rawdata import H5_SUFFIXES, blank_masks, clean_tiles
+from pcamflow.data.transforms import D4_SIZE, apply_d4
 from pcamflow.deployment.drift import DriftReport, HistogramAccumulator, compare
 from pcamflow.deployment.export import MAX_BATCH, Bundle, load_bundle
 from pcamflow.errors import PcamflowError, check_output_file, first_line
@@ -216,7 +216,7 @@ def _merge_flags(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 @torch.inference_mode()
 def predict_tiles(bundle: Bundle, tiles: np.ndarray, *, tta: bool = False) -> np.ndarray:
     """P(positive) of uint8 (N, 96, 96, 3) tiles as float64; tta averages the 8 D4 views in the same
-    order and precision as `pipeline.predict_proba`, so both give the same numbers."""
+    order and precision as `predictions.predict_proba`, so both give the same numbers."""
     x = torch.from_numpy(np.ascontiguousarray(tiles))
     if bundle.device.type == "cuda":
         x = x.pin_memory().to(bundle.device, non_blocking=True)

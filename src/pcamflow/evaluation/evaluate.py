@@ -50,25 +50,25 @@ def predict_champion(
     tta: bool,
     batch_size: int = 256,
     device: str = "cpu",
+    cpu_accelerator: str | bool = "auto",
 ) -> dict[str, np.ndarray]:
     """P(positive) of every checkpoint on every split: {'<split>_prob': (n_checkpoints, n)}.
 
     With tta the D4-averaged probabilities are stored as well ('<split>_prob_tta'), so the report
     can show what test-time augmentation changes.
     """
-    from pcamflow.data.pipeline import predict_proba
+    from pcamflow.data.predictions import predict_proba
     from pcamflow.training.checkpoint import load_model
 
+    options = {"batch_size": batch_size, "device": device, "cpu_accelerator": cpu_accelerator}
     out: dict[str, list[np.ndarray]] = {}
     for path in checkpoints:
         model, _ = load_model(path, device=device)
         for split, x in splits.items():
-            prob = predict_proba(model, x, stats, batch_size=batch_size, device=device)
+            prob = predict_proba(model, x, stats, **options)
             out.setdefault(f"{split}_prob", []).append(np.asarray(prob, dtype=np.float64))
             if tta:  # the plain pass is the identity view: 7 more passes, not 8
-                prob_tta = predict_proba(
-                    model, x, stats, batch_size=batch_size, device=device, tta=True, plain=prob
-                )
+                prob_tta = predict_proba(model, x, stats, tta=True, plain=prob, **options)
                 out.setdefault(f"{split}_prob_tta", []).append(np.asarray(prob_tta, dtype=np.float64))
         log.info("predicted %s on %s", path, ", ".join(splits))
     return {k: np.stack(v) for k, v in out.items()}
@@ -378,7 +378,14 @@ def operating_point(y: np.ndarray, prob: np.ndarray, threshold: float, label: st
 
 
 def write_champion_predictions(
-    champion_json, store_dir, out, *, tta: bool, batch_size: int, device: str
+    champion_json,
+    store_dir,
+    out,
+    *,
+    tta: bool,
+    batch_size: int,
+    device: str,
+    cpu_accelerator: str | bool = "auto",
 ) -> None:
     """predictions.npz: each champion checkpoint's P(positive) on valid and test, labels, test raw indices."""
     from pcamflow.data.store import load_split, load_stats, verify_store
@@ -396,6 +403,7 @@ def write_champion_predictions(
         tta=tta,
         batch_size=batch_size,
         device=str(resolve_device(device)),
+        cpu_accelerator=cpu_accelerator,
     )
     arrays.update(
         seeds=np.array([s["seed"] for s in champion["seeds"]]),

@@ -5,16 +5,18 @@ clip, uint8), goes through PIL (`ToPILImage`, `ToTensor`, `Normalize`), and a
 `WeightedRandomSampler` balances the classes; a `DataLoader` with worker processes batches it.
 
 Two baselines differ only in how the H5 files are opened:
-  - `naive` (`CourseH5Dataset`): the course loader as it was: both files opened lazily, once per
+  - `course` (`CourseH5Dataset`): the course loader as it was: both files opened lazily, once per
     DataLoader worker process, and kept open;
   - `reopen` (`ReopenH5Dataset`): both files opened anew for every tile (as torchvision's `PCAM`
     does), about three times slower.
-`pcamflow throughput --mode naive|reopen` times them against the new pipeline (`pcamflow.data.pipeline`).
+`pcamflow throughput --mode course|reopen` times them against the new pipeline (`pcamflow.data.loader` and `pcamflow.data.transforms`).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
@@ -30,6 +32,7 @@ from pcamflow.data.rawdata import clean_tiles, labels_path, open_split
 TEMPLATE_MEAN = (0.5, 0.5, 0.5)
 TEMPLATE_STD = (0.5, 0.5, 0.5)
 PREFETCH_FACTOR = 2  # batches each DataLoader worker makes ahead: DataLoader's default, as the course ran it
+DRAWS = 1 << 17  # tiles drawn per pass of `course_batches` (about half a minute at the course's pace)
 
 
 class CourseH5Dataset(Dataset):
@@ -77,7 +80,7 @@ class ReopenH5Dataset(CourseH5Dataset):
             return fx[constants.X_KEY][i], fy[constants.Y_KEY][i]
 
 
-DATASETS = {"naive": CourseH5Dataset, "reopen": ReopenH5Dataset}
+DATASETS = {"course": CourseH5Dataset, "reopen": ReopenH5Dataset}
 
 
 def balanced_sampler(labels: np.ndarray, num_samples: int, seed: int) -> WeightedRandomSampler:
@@ -90,28 +93,21 @@ def balanced_sampler(labels: np.ndarray, num_samples: int, seed: int) -> Weighte
     )
 
 
-def naive_loader(
-    x_path: str | os.PathLike,
-    batch_size: int,
-    *,
-    workers: int,
-    num_samples: int,
-    seed: int = 0,
-    kind: str = "naive",
-) -> DataLoader:
-    """The course's DataLoader over `num_samples` class-balanced draws from a raw `_x.h5` file;
-    `kind` picks the file handling: `naive` (the course's, kept open) or `reopen` (per tile)."""
+def course_batches(
+    x_path: str | os.PathLike, batch_size: int, *, workers: int, seed: int = 0, kind: str = "course"
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of the course's DataLoader over class-balanced draws from a raw `_x.h5` file;
+    `kind` picks the file handling: `course` (the course's, kept open) or `reopen` (per tile).
+
+    Long passes of DRAWS draws with persistent workers: the workers never stop making batches
+    ahead, so a clock started or stopped anywhere sees the loader's steady state."""
     dataset = DATASETS[kind](x_path)
-    sampler = balanced_sampler(dataset.labels, num_samples, seed)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=balanced_sampler(dataset.labels, DRAWS, seed),
         num_workers=workers,
         prefetch_factor=PREFETCH_FACTOR if workers else None,
+        persistent_workers=workers > 0,
     )
-
-
-def batches_ahead(workers: int) -> int:
-    """The most batches a loader with `workers` worker processes has made before they are asked for."""
-    return workers * PREFETCH_FACTOR
+    return itertools.chain.from_iterable(itertools.repeat(loader))

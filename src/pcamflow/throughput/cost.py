@@ -47,9 +47,9 @@ CPU_MAX_IMG_PER_S_PER_CORE = 2_000
 STEP_OVERHEAD_S = 0.003  # Python, kernel launches and the optimizer, per training step
 EVAL_STEP_OVERHEAD_S = 0.001  # per validation/prediction batch
 DATA_IMG_PER_S = 150_000  # gathering uint8 tiles (27.6 kB each) from host memory and copying them to the GPU
-# the course's loader, per DataLoader worker: one h5py read and PIL conversion per tile (naive:
+# the course's loader, per DataLoader worker: one h5py read and PIL conversion per tile (course:
 # files kept open; reopen: both files reopened per tile, about three times slower)
-BASELINE_IMG_PER_S_PER_WORKER = {"naive": 4_500, "reopen": 1_500}
+BASELINE_IMG_PER_S_PER_WORKER = {"course": 4_500, "reopen": 1_500}
 BENCH_SETUP_S = 2.0  # building the model, cuDNN autotuning, per benchmarked configuration
 JOB_OVERHEAD_H = 3 / 60  # per GPU job: start-up, copying the store to node-local scratch, checkpoints
 AUDIT_TILES_PER_S = 1_000  # audit and prepare on rome: reading, scanning and hashing each tile
@@ -229,22 +229,25 @@ def prediction_hours(points: list[dict], cfg: dict) -> float:
 def benchmark_hours(bench: dict, training: dict, partition: dict, train_tiles: int) -> float:
     """One partition's throughput matrix: warm-up and timed steps of every configuration."""
     device, cpus = partition["device"], partition["cpus"]
-    steps = bench["warmup"] + bench["steps"]
+
+    def row(step: float) -> float:  # warm-up and timed steps, each at least min_seconds
+        least = bench["min_seconds"]
+        return BENCH_SETUP_S + max(bench["warmup"] * step, least) + max(bench["steps"] * step, least)
+
     seconds = 0.0
     for batch in bench["batch_sizes"]:
         if "data" in bench["modes"]:
-            seconds += BENCH_SETUP_S + steps * batch / DATA_IMG_PER_S
+            seconds += row(batch / DATA_IMG_PER_S)
         for mode, rate in BASELINE_IMG_PER_S_PER_WORKER.items():
             if mode in bench["modes"]:
-                seconds += BENCH_SETUP_S + steps * batch / (rate * max(1, bench["workers"]))
+                seconds += row(batch / (rate * max(1, bench["workers"])))
         for model in bench["models"]:
             macs = model_cost(model, training).macs
             for prec in bench["precisions"]:
                 if device == "cpu" and prec == "fp16":
                     continue  # skipped on CPUs
                 for mode in {"forward", "train"} & set(bench["modes"]):
-                    step = step_seconds(macs, batch, prec, device, cpus, train=mode == "train")
-                    seconds += BENCH_SETUP_S + steps * step
+                    seconds += row(step_seconds(macs, batch, prec, device, cpus, train=mode == "train"))
     return seconds / 3600 + JOB_OVERHEAD_H
 
 

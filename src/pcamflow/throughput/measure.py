@@ -1,13 +1,16 @@
 """`pcamflow throughput`: images per second of one configuration, appended to a CSV as one row.
 
 Modes: `data` (the input pipeline alone: batches from the prepared store, normalised and
-augmented on the device), `naive` (the course's loader, `pcamflow.throughput.baselines`, read from a raw
+augmented on the device), `course` (the course's loader, `pcamflow.throughput.baselines`, read from a raw
 `_x.h5` file that each worker opens once), `reopen` (the same loader reopening the files for every
 tile), `forward` (the model in eval mode without gradients) and `train` (a full training step fed
 by the pipeline; the row also says how long the step waited for input).
 
-Warm-up steps are not timed, CUDA is synchronised before every clock read, and an out-of-memory
-error becomes a row with status `oom`. `write_partition_csv` runs a partition's whole matrix for
+`timed_steps` is the one clock (the command, the rule and `benchmarks/` all read it): warm-up steps
+are not timed, and both the warm-up and the timed steps last at least `min_seconds`, so one-time
+costs (first calls, first touches of fresh batch memory) stay out of the figure and a fast
+configuration is timed over a window long enough to trust. CUDA is synchronised before every clock
+read, and an out-of-memory error becomes a row with status `oom`. `write_partition_csv` runs a partition's whole matrix for
 the rule `throughput` through the same `bench_row` as the command.
 """
 
@@ -33,8 +36,10 @@ import torch
 
 from pcamflow import provenance
 from pcamflow.config import validate_section, validate_training
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, autocast, device_resident
+from pcamflow.data.loader import BatchLoader, device_resident
+from pcamflow.data.predictions import autocast
 from pcamflow.data.store import Split, load_split, load_stats
+from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError, check_output_file, first_line
 from pcamflow.io import now_iso, write_csv
 from pcamflow.training.device import configure_determinism
@@ -43,13 +48,14 @@ from pcamflow.training.step import build_step_parts, train_step
 
 log = logging.getLogger(__name__)
 
-MODES = ("data", "naive", "reopen", "forward", "train")
+MODES = ("data", "course", "reopen", "forward", "train")
 MODEL_MODES = ("forward", "train")  # the modes a model and a precision apply to
-BASELINE_MODES = ("naive", "reopen")  # the course's loader: raw H5 file, DataLoader workers
+BASELINE_MODES = ("course", "reopen")  # the course's loader: raw H5 file, DataLoader workers
 NOT_APPLICABLE = "-"  # model/precision of data and baseline rows
 AMP = {"fp32": "none", "bf16": "bf16", "fp16": "fp16"}  # bench precision -> training.amp
 BENCH_SEED = 0
 BENCH_OPTIMIZER, BENCH_LR = "adam", 1e-3  # the step's cost hardly depends on them
+# warmup and steps: the steps run (at least the ones asked for; more when min_seconds needs them);
 # img_per_s = images / seconds over the timed steps (wall clock); cpu_seconds is this process's
 # CPU time then (the baseline loaders' workers not included); data_time_s is the part of `seconds`
 # spent waiting for the next input batch; peak_rss_mb is this process's peak during the row;
@@ -89,7 +95,7 @@ class BenchSpec:
     """One configuration to measure."""
 
     mode: str
-    data: str  # prepared store directory; for `naive` and `reopen` a raw _x.h5 file
+    data: str  # prepared store directory; for `course` and `reopen` a raw _x.h5 file
     model: str = "cnn"
     batch_size: int = 64
     precision: str = "fp32"
@@ -97,6 +103,7 @@ class BenchSpec:
     workers: int = 0
     warmup: int = 3
     steps: int = 20
+    min_seconds: float = 0.0  # the warm-up and the timed steps each last at least this long
     partition: str = ""
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
     training: dict = field(default_factory=dict)  # model settings (cnn_width, mlp_hidden, ...)
@@ -108,6 +115,8 @@ class BenchSpec:
 
 @dataclass
 class Measurement:
+    warmup: int  # untimed steps run
+    steps: int  # timed steps run
     seconds: float  # wall time of the timed steps
     images: int
     data_time_s: float  # of which waiting for the next input batch
@@ -119,7 +128,9 @@ class Measurement:
 
 def cli_main(args) -> int:
     given = {
-        key: getattr(args, key) for key in ("workers", "warmup", "steps") if getattr(args, key) is not None
+        key: getattr(args, key)
+        for key in ("workers", "warmup", "steps", "min_seconds")
+        if getattr(args, key) is not None
     }
     settings = validate_section("throughput", given, source="pcamflow throughput")
     spec = BenchSpec(
@@ -132,6 +143,7 @@ def cli_main(args) -> int:
         workers=settings["workers"],
         warmup=settings["warmup"],
         steps=settings["steps"],
+        min_seconds=settings["min_seconds"],
         partition=args.partition,
         threads=args.threads,
     )
@@ -155,7 +167,7 @@ def invalid_reason(spec: BenchSpec) -> str | None:
     for name in ("batch_size", "steps"):
         if getattr(spec, name) < 1:
             return f"--{name.replace('_', '-')} must be at least 1, got {getattr(spec, name)}"
-    for name in ("warmup", "workers", "threads"):
+    for name in ("warmup", "workers", "threads", "min_seconds"):
         if getattr(spec, name) < 0:
             return f"--{name} must not be negative, got {getattr(spec, name)}"
     if spec.uses_model and spec.model not in MODELS:
@@ -206,8 +218,8 @@ def _row(spec: BenchSpec, status: str, message: str, measured: Measurement | Non
         device=spec.device,
         workers=spec.workers if spec.mode in BASELINE_MODES else 0,  # the pipeline runs in this process
         threads=torch.get_num_threads(),
-        warmup=spec.warmup,
-        steps=spec.steps,
+        warmup=measured.warmup if measured else spec.warmup,
+        steps=measured.steps if measured else spec.steps,
         status=status,
         message=message,
         hostname=platform.node(),
@@ -262,61 +274,63 @@ def _csv_line(values: Iterable) -> str:
 # ---- the measurements ----
 
 
-def timed_steps(batches: Iterator, step: Callable, *, warmup: int, steps: int, device: str) -> Measurement:
-    """Run warmup + steps iterations of (next batch, step(batch)); time only the last `steps`.
+def timed_steps(batches: Iterator, step: Callable, spec: BenchSpec, device: str | None = None) -> Measurement:
+    """Run (next batch, step(batch)) untimed for at least `spec.warmup` steps and `spec.min_seconds`
+    after the first step, then timed for at least `spec.steps` steps and `spec.min_seconds`.
 
-    The device is synchronised around each clock read, so asynchronous CUDA work is charged to
-    the step that queued it and `data_time_s` is the time spent waiting for input.
+    The first step pays the one-time costs (a compile, the first allocations) and may alone last
+    `min_seconds`: the warm-up's time starts after it, so the steps that still settle stay out of
+    the clock too. The device is synchronised around each clock read, so asynchronous CUDA work is
+    charged to the step that queued it and `data_time_s` is the time spent waiting for input.
     """
-    sync = torch.cuda.synchronize if device == "cuda" else _no_sync
+    sync = torch.cuda.synchronize if (device or spec.device) == "cuda" else _no_sync
+    first = _run_steps(batches, step, 1, 0.0, sync)[0] if spec.warmup or spec.min_seconds else 0
+    warmup = first + _run_steps(batches, step, spec.warmup - first, spec.min_seconds, sync)[0]
+    cpu_start = time.process_time()
+    steps, seconds, images, data_time = _run_steps(batches, step, spec.steps, spec.min_seconds, sync)
+    return Measurement(warmup, steps, seconds, images, data_time, time.process_time() - cpu_start)
+
+
+def _run_steps(
+    batches: Iterator, step: Callable, steps: int, min_seconds: float, sync: Callable
+) -> tuple[int, float, int, float]:
+    """At least `steps` steps, and at least `min_seconds` of them: (steps, seconds, images, data time)."""
+    sync()
+    start = time.perf_counter()
+    done = images = 0
     data_time = 0.0
-    images = 0
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            start, cpu_start = time.perf_counter(), time.process_time()
+    while done < steps or time.perf_counter() - start < min_seconds:
         before = time.perf_counter()
         batch = next(batches, None)
         if batch is None:
-            raise PcamflowError(f"the input ran out after {i} batches (fewer tiles than one batch?)")
+            raise PcamflowError(f"the input ran out after {done} batches (fewer tiles than one batch?)")
         sync()
-        if i >= warmup:
-            data_time += time.perf_counter() - before
-            images += batch[0].shape[0]
+        data_time += time.perf_counter() - before
+        images += batch[0].shape[0]
         step(batch)
         sync()
-    return Measurement(
-        seconds=time.perf_counter() - start,
-        images=images,
-        data_time_s=data_time,
-        cpu_seconds=time.process_time() - cpu_start,
+        done += 1
+    return done, time.perf_counter() - start, images, data_time
+
+
+def measure_course(spec: BenchSpec) -> Measurement:
+    """The course's loader (`course`: files kept open; `reopen`: reopened per tile), as an endless
+    stream: its workers always have the next batches in hand, so the clock sees the loader's steady
+    state at both ends."""
+    from pcamflow.throughput.baselines import course_batches
+
+    batches = course_batches(
+        spec.data, spec.batch_size, workers=spec.workers, seed=BENCH_SEED, kind=spec.mode
     )
-
-
-def measure_naive(spec: BenchSpec) -> Measurement:
-    """The course's loader (`naive`: files kept open; `reopen`: reopened per tile), in one epoch.
-
-    It draws as many batches beyond the timed ones as its workers make ahead, so the clock sees the
-    loader's steady state at both ends: the batches made ahead before the clock starts are matched
-    by those made ahead when it stops (drawing only the timed batches leaves workers idle at the end)."""
-    from pcamflow.throughput.baselines import batches_ahead, naive_loader
-
-    loader = naive_loader(
-        spec.data,
-        spec.batch_size,
-        workers=spec.workers,
-        num_samples=(spec.warmup + spec.steps + batches_ahead(spec.workers)) * spec.batch_size,
-        seed=BENCH_SEED,
-        kind=spec.mode,
-    )
-    return timed_steps(iter(loader), _no_step, warmup=spec.warmup, steps=spec.steps, device="cpu")
+    return timed_steps(batches, _no_step, spec, device="cpu")
 
 
 def measure_data(spec: BenchSpec) -> Measurement:
     """The input pipeline alone: gather, move to the device, normalise and augment."""
     settings = _training_settings(spec)
+    configure_determinism(settings["deterministic"])  # as training runs it, whatever ran before
     batches = pipeline_batches(_loader(spec, settings), _transform(spec, settings), train=True)
-    return timed_steps(batches, _no_step, warmup=spec.warmup, steps=spec.steps, device=spec.device)
+    return timed_steps(batches, _no_step, spec)
 
 
 def measure_forward(spec: BenchSpec) -> Measurement:
@@ -331,9 +345,7 @@ def measure_forward(spec: BenchSpec) -> Measurement:
         with torch.inference_mode(), autocast(device, settings["amp"]):
             model(batch[0])
 
-    return timed_steps(
-        itertools.repeat(batch), forward, warmup=spec.warmup, steps=spec.steps, device=spec.device
-    )
+    return timed_steps(itertools.repeat(batch), forward, spec)
 
 
 def measure_train(spec: BenchSpec) -> Measurement:
@@ -351,18 +363,12 @@ def measure_train(spec: BenchSpec) -> Measurement:
         steps_per_epoch=len(loader),
     )
     batches = pipeline_batches(loader, _transform(spec, settings), train=True)
-    return timed_steps(
-        batches,
-        lambda batch: train_step(parts, batch[0], batch[1], False),
-        warmup=spec.warmup,
-        steps=spec.steps,
-        device=spec.device,
-    )
+    return timed_steps(batches, lambda batch: train_step(parts, batch[0], batch[1], False), spec)
 
 
 MEASURES: dict[str, Callable[[BenchSpec], Measurement]] = {
-    "naive": measure_naive,
-    "reopen": measure_naive,
+    "course": measure_course,
+    "reopen": measure_course,
     "data": measure_data,
     "forward": measure_forward,
     "train": measure_train,
@@ -403,7 +409,6 @@ def _loader(spec: BenchSpec, settings: dict) -> BatchLoader:
         balanced=settings["sampler"] == "balanced",
         device=spec.device,
         resident=resident,
-        lazy=spec.device == "cpu" and not resident,  # as training does
     )
 
 
@@ -414,6 +419,7 @@ def _transform(spec: BenchSpec, settings: dict) -> BatchTransform:
         augment=settings["augment"],
         color_jitter=settings["color_jitter"],
         channels_last=settings["channels_last"],
+        cpu_accelerator=settings["cpu_accelerator"],
     )
 
 
@@ -432,7 +438,7 @@ def partition_specs(
 ) -> list[BenchSpec]:
     """Every configuration of the `throughput:` settings on one partition.
 
-    forward/train: models x precisions x batch sizes; data and the baselines (naive, reopen) do
+    forward/train: models x precisions x batch sizes; data and the baselines (course, reopen) do
     not involve a model or a precision, so they run once per batch size.
     """
     specs = []
@@ -452,6 +458,7 @@ def partition_specs(
                 workers=settings["workers"] if mode in BASELINE_MODES else 0,
                 warmup=settings["warmup"],
                 steps=settings["steps"],
+                min_seconds=settings["min_seconds"],
                 partition=name,
                 threads=threads,
                 training=training,

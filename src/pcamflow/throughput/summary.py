@@ -10,7 +10,7 @@ so data-only < 2 x train  <=>  d > c  <=>  input share > 0.5):
   - `data_share`: the train row's own time waiting for input / its time; input-bound above 0.5.
     Used when there is no data-only row.
 
-`speedup_vs_course` (data rows): the pipeline's img/s over the course's loader (mode `naive`: H5
+`speedup_vs_course` (data rows): the pipeline's img/s over the course's loader (mode `course`: H5
 files opened once per worker and kept open) at the same (partition, device, batch size);
 `speedup_vs_reopen` the same over the loader that reopens the files for every tile (mode `reopen`),
 empty when it was not measured. The pipeline runs in the process's threads, the baselines in
@@ -36,7 +36,7 @@ COMPUTE_BOUND = "compute-bound"
 HEADROOM_LIMIT = 2.0  # data-only img/s below this multiple of train img/s: input-bound
 SHARE_LIMIT = 0.5  # train time spent waiting for input above this: input-bound
 PAIR_KEYS = ["partition", "device", "batch_size"]
-SPEEDUP_COLUMNS = {"speedup_vs_course": "naive", "speedup_vs_reopen": "reopen"}  # column -> baseline mode
+SPEEDUP_COLUMNS = {"speedup_vs_course": "course", "speedup_vs_reopen": "reopen"}  # column -> baseline mode
 
 
 def read_throughput(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -92,7 +92,7 @@ def plot_scaling(rows: pd.DataFrame, path: str | os.PathLike) -> None:
     import matplotlib.ticker
 
     measured = rows[rows["status"] == "ok"]
-    modes = [m for m in ("data", "naive", "reopen", "forward", "train") if m in set(measured["mode"])]
+    modes = [m for m in ("data", "course", "reopen", "forward", "train") if m in set(measured["mode"])]
     fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(4.5 * max(len(modes), 1), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for label, line in _lines(measured[measured["mode"] == mode]):

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from pcamflow import metrics, provenance
-from pcamflow.data.pipeline import BatchTransform, predict_logits
+from pcamflow.data.predictions import predict_logits
+from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError
 from pcamflow.rundir import BEST_CHECKPOINT, SCORED, VAL_LOSS
 from pcamflow.training.checkpoint import save_checkpoint
@@ -142,9 +143,12 @@ def validation_scores(
     batch_size: int = 256,
     amp: str = "none",
     channels_last: bool = False,
+    cpu_accelerator: str | bool = "auto",
 ) -> dict:
     """val_loss (mean cross-entropy) and val_accuracy, val_f2, val_auc, val_pr_auc on a split."""
-    transform = BatchTransform(stats, device=device, augment=False, channels_last=channels_last)
+    transform = BatchTransform(
+        stats, device=device, augment=False, channels_last=channels_last, cpu_accelerator=cpu_accelerator
+    )
     y = torch.from_numpy(np.asarray(split.y, dtype=np.int64))
     loss_sum = torch.zeros((), dtype=torch.float64, device=transform.device)
     probs, start = [], 0
@@ -201,6 +205,7 @@ def fit(
                 batch_size=settings["eval_batch_size"],
                 amp=settings["amp"],
                 channels_last=settings["channels_last"],
+                cpu_accelerator=settings["cpu_accelerator"],
             )
             progress.train_time_s += time.perf_counter() - started
             progress.epoch += 1

@@ -28,8 +28,9 @@ import torch
 
 from pcamflow import provenance
 from pcamflow.data import staging
-from pcamflow.data.pipeline import BatchTransform, predict_logits
+from pcamflow.data.predictions import predict_logits
 from pcamflow.data.store import load_split, store_files, verify_store
+from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError
 from pcamflow.experiment import record_trained_store
 from pcamflow.io import now_iso, write_json
@@ -170,7 +171,11 @@ def trial_steps(point: dict, seed: int, training: dict, store: Path, state_dir: 
             train_step(run.parts, inputs, y, measure_norm=False)
         eval_batch = min(training["eval_batch_size"], len(run.valid))
         transform = BatchTransform(
-            run.stats, device=run.device, augment=False, channels_last=training["channels_last"]
+            run.stats,
+            device=run.device,
+            augment=False,
+            channels_last=training["channels_last"],
+            cpu_accelerator=run.settings["cpu_accelerator"],
         )
         with torch.no_grad():
             for _ in predict_logits(

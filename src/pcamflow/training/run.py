@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from pcamflow.data.pipeline import BatchLoader, BatchTransform, device_resident
+from pcamflow.data.loader import BatchLoader, device_resident
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import Split, load_split, load_stats, verify_store
+from pcamflow.data.transforms import BatchTransform
 from pcamflow.training.device import (
     check_amp,
     configure_determinism,
@@ -82,7 +83,6 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
         balanced=settings["sampler"] == "balanced",
         device=device,
         resident=resident,
-        lazy=device.type == "cpu" and not resident,  # the CPU transform gathers inside its kernel
     )
     return Run(
         cfg=cfg,
@@ -102,6 +102,7 @@ def build_run(cfg: dict, state_dir: Path) -> Run:
             augment=settings["augment"],
             color_jitter=settings["color_jitter"],
             channels_last=settings["channels_last"],
+            cpu_accelerator=settings["cpu_accelerator"],
         ),
         augment_rng=torch.Generator().manual_seed(augment_seed),
         valid=valid,

@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pcamflow.data.pipeline import autocast
+from pcamflow.data.predictions import autocast
 from pcamflow.errors import PcamflowError
 
 
