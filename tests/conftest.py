@@ -71,13 +71,14 @@ def finished_test_sweep(tmp_path_factory) -> Path:
     """The whole workflow on config/test.yaml, run once per session in a private copy and shared by
     the end-to-end tests that only read its outputs (one that changes anything works in
     copy_workflow(...)). As runs of a real sweep do, one run (TEST_SWEEP_FAILING_RUN) fails on
-    every attempt. The run's terminal output is kept in terminal.txt."""
+    every attempt: on both of the two that `--retries 1` gives it. The run's terminal output is kept
+    in terminal.txt."""
     from pcamflow.training.attempt import INJECT_ENV
 
     def run_sweep(base: Path) -> None:
         workdir = make_workflow_copy(base / "wf")
         with mock.patch.dict(os.environ, {INJECT_ENV: f"*{TEST_SWEEP_FAILING_RUN}"}):
-            run = snakemake(workdir, "--cores", "2", "--configfile", "config/test.yaml")
+            run = snakemake(workdir, "--cores", "2", "--retries", "1", "--configfile", "config/test.yaml")
         (workdir / "terminal.txt").write_text(run.stdout)
 
     return built_once(tmp_path_factory, "test_sweep", run_sweep) / "wf"

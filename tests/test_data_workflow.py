@@ -118,6 +118,7 @@ def test_a_broken_raw_file_stops_the_audit_with_one_line_and_no_output(workflow_
     assert not list((workflow_dir / "results/audit").glob("valid*"))
 
 
+@pytest.mark.slow  # real audit jobs, three times
 def test_no_snakemake_command_deletes_or_overwrites_raw_files_that_were_there(workflow_dir, tmp_path):
     """PCAM files already in data_dir are the user's: -F, --forcerun download and --delete-all-output
     keep them byte for byte (none is an output of `download`, which only fetches missing files)."""

@@ -1,5 +1,6 @@
 """A sweep in which one run fails on every attempt: the rest is summarised, evaluated and reported,
-the failure is named with its reason, and one command retries only that run."""
+the failure is named with its reason, and one command retries only that run. The crash is the shared
+sweep's (conftest.finished_test_sweep); a SIGKILL on every attempt runs a tiny sweep of its own."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, snakemake
+from conftest import REPO, TEST_SWEEP_FAILING_RUN, copy_workflow, snakemake
 
 from pcamflow.training.attempt import INJECT_ENV, INJECT_SIGNAL_ENV
 
@@ -25,7 +26,9 @@ TINY = {
 }
 OVERVIEW = "results/summary/overview.txt"
 FAILING = "results/runs/model~mlp/lr~0.01/batch_size~32/optimizer~adam/seed~1"
-HEALTHY = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~1"
+# the shared sweep's (config/test.yaml): its failing run and the other seed of that grid point
+SWEEP_FAILING = TEST_SWEEP_FAILING_RUN
+SWEEP_HEALTHY = "results/runs/model~mlp/lr~0.001/batch_size~32/optimizer~adam/seed~1"
 
 
 def run_shell(workdir, command: str, **env) -> subprocess.CompletedProcess:
@@ -44,19 +47,15 @@ def run_shell(workdir, command: str, **env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_a_run_failing_every_attempt_is_named_and_a_retry_trains_only_it(workflow_dir):
-    (workflow_dir / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    # the run of lr 0.01 crashes on both of its attempts (a node that keeps dying, say)
-    first = run_shell(
-        workflow_dir,
-        f"snakemake {OVERVIEW} --cores 2 --retries 1 --configfile tiny.yaml",
-        **{INJECT_ENV: f"*{FAILING}"},
-    )
-    terminal = first.stdout
+def test_a_run_failing_every_attempt_is_named_and_a_retry_trains_only_it(finished_test_sweep, tmp_path):
+    # the shared sweep (conftest): its run TEST_SWEEP_FAILING_RUN crashed on both of its attempts
+    # (`--retries 1`; a node that keeps dying, say); the retry below changes a copy of it
+    workflow_dir = copy_workflow(finished_test_sweep, tmp_path / "wf")
+    terminal = (workflow_dir / "terminal.txt").read_text()
     assert "pcamflow: the sweep is done." in terminal
-    assert "champion   model~mlp/lr~0.001/batch_size~32/optimizer~adam" in terminal
+    assert "champion   model~cnn/lr~0.001/batch_size~32/optimizer~adam" in terminal  # mlp lost a seed
     assert "test AUC" in terminal and "test F2" in terminal and "95% bootstrap interval" in terminal
-    assert f"{FAILING}: InjectedFailure: failure injected by {INJECT_ENV}" in terminal
+    assert f"{SWEEP_FAILING}: InjectedFailure: failure injected by {INJECT_ENV}" in terminal
     assert "(2 attempts)" in terminal  # retried once before it was recorded as failed
     retry = "snakemake --forcerun $(cat results/summary/failed_runs.txt)"
     assert (
@@ -65,36 +64,37 @@ def test_a_run_failing_every_attempt_is_named_and_a_retry_trains_only_it(workflo
 
     runs = pd.read_csv(workflow_dir / "results/summary/runs.csv")
     failed = runs.loc[runs["status"] == "failed"]
-    assert failed["run_dir"].tolist() == [FAILING] and failed["attempts"].tolist() == [2]
+    assert failed["run_dir"].tolist() == [SWEEP_FAILING] and failed["attempts"].tolist() == [2]
     assert failed["failure_reason"].str.startswith("InjectedFailure: failure injected").all()
-    avg = pd.read_csv(workflow_dir / "results/summary/metrics_avg.csv")
-    assert avg[["lr", "n_seeds", "n_planned"]].values.tolist() == [[0.001, 1, 1], [0.01, 0, 1]]
+    avg = pd.read_csv(workflow_dir / "results/summary/metrics_avg.csv").sort_values("model")
+    assert avg[["model", "n_seeds", "n_planned"]].values.tolist() == [["cnn", 2, 2], ["mlp", 1, 2]]
     assert (workflow_dir / "results/summary/evaluate.json").exists()
-    assert f"{FAILING}/run.json" in (workflow_dir / "results/summary/failed_runs.txt").read_text()
+    assert f"{SWEEP_FAILING}/run.json" in (workflow_dir / "results/summary/failed_runs.txt").read_text()
     overview = (workflow_dir / "results/summary/overview.rst").read_text()
-    assert "1 of 2" in overview and "InjectedFailure" in overview and "data audit" in overview
+    assert "1 of 4" in overview and "InjectedFailure" in overview and "data audit" in overview
 
     # fixed (the injection is gone): the documented command retrains the failed run and nothing else
-    healthy = (workflow_dir / HEALTHY / "checkpoint_best.pt").read_bytes()
-    healthy_mtime = (workflow_dir / HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns
+    healthy = (workflow_dir / SWEEP_HEALTHY / "checkpoint_best.pt").read_bytes()
+    healthy_mtime = (workflow_dir / SWEEP_HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns
+    config = "--configfile config/test.yaml"
     plan = run_shell(
-        workflow_dir,
-        f"snakemake {OVERVIEW} -n --configfile tiny.yaml --forcerun $(cat results/summary/failed_runs.txt)",
+        workflow_dir, f"snakemake {OVERVIEW} -n {config} --forcerun $(cat results/summary/failed_runs.txt)"
     )
     (trained,) = re.findall(r"^rule train:\n(?:    input: .*\n)?    output: (.*)$", plan.stdout, re.M)
-    assert trained.startswith(f"{FAILING}/history.json")
+    assert trained.startswith(f"{SWEEP_FAILING}/history.json")
     again = run_shell(
         workflow_dir,
-        f"snakemake {OVERVIEW} --cores 2 --configfile tiny.yaml --forcerun $(cat results/summary/failed_runs.txt)",
+        f"snakemake {OVERVIEW} --cores 2 {config} --forcerun $(cat results/summary/failed_runs.txt)",
     )
     assert "FAILED" not in again.stdout and "pcamflow: the sweep is done." in again.stdout
-    assert (workflow_dir / HEALTHY / "checkpoint_best.pt").read_bytes() == healthy
-    assert (workflow_dir / HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns == healthy_mtime
+    assert (workflow_dir / SWEEP_HEALTHY / "checkpoint_best.pt").read_bytes() == healthy
+    assert (workflow_dir / SWEEP_HEALTHY / "checkpoint_best.pt").stat().st_mtime_ns == healthy_mtime
     runs = pd.read_csv(workflow_dir / "results/summary/runs.csv")
-    assert runs["status"].tolist() == ["done", "done"]
+    assert runs["status"].tolist() == ["done"] * 4
     assert (workflow_dir / "results/summary/failed_runs.txt").read_text() == ""
     assert (
-        snakemake(workflow_dir, OVERVIEW, "-n", "--configfile", "tiny.yaml").stdout.count("rule train") == 0
+        snakemake(workflow_dir, OVERVIEW, "-n", "--configfile", "config/test.yaml").stdout.count("rule train")
+        == 0
     )
 
 

@@ -393,6 +393,7 @@ def test_rows_carry_the_slurm_job_node_and_device_model_blank_outside_slurm(monk
     assert gpu_row["device_model"] == expected
 
 
+@pytest.mark.slow  # the whole benchmark script
 def test_input_pipeline_benchmark_prints_the_input_share_and_the_pipeline_against_both_baselines(
     store, raw_x, tmp_path
 ):

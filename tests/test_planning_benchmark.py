@@ -36,6 +36,7 @@ def test_a_number_of_runs_the_grid_cannot_make_is_one_clear_error(planning):
         planning.grid_shape(7)
 
 
+@pytest.mark.slow  # the whole benchmark script
 def test_the_benchmark_prints_jobs_wall_time_cpu_time_and_memory_of_each_dry_run():
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--runs", "4"], capture_output=True, text=True, timeout=600, check=False

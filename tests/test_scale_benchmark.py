@@ -47,6 +47,7 @@ def _audited_set(tmp_path, scale, sizes) -> tuple[Path, object]:
     return run, planted
 
 
+@pytest.mark.slow  # the whole benchmark script
 def test_scale_benchmark_prints_every_data_rule_against_its_read_bound_and_cleans_up(tmp_path):
     run = subprocess.run(
         [sys.executable, str(SCRIPT), "--fraction", "0.001", "--warm", "--dir", str(tmp_path)],

@@ -12,28 +12,31 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, pcamflow, snakemake
+from conftest import REPO, TEST_SWEEP_FAILING_RUN, copy_workflow, pcamflow
 from test_train_workflow import training_script_pid
 
 from pcamflow.evaluation.status import slurm_comment
 from pcamflow.layout import results_root, run_dir, train_log
+from pcamflow.training.attempt import INJECT_ENV
 
-# Two grid points (a quick MLP, a slower CNN) x two seeds; one epoch (the running job is held still).
+# Two grid points x two seeds: the views of another experiment and of a bad override.
 SWEEP = {
     "synthetic": {"n_train": 200, "n_valid": 100, "n_test": 100},
     "seeds": [1, 2],
     "grid": {"model": ["mlp", "cnn"], "lr": [0.001], "batch_size": [32], "optimizer": ["adam"]},
     "training": {"epochs": 1, "mlp_hidden": [8], "cnn_width": 8},
 }
-FAILURE = {"reason": "loss became NaN in epoch 1 (lr too high?)", "attempts": 3}
+# the shared sweep's run that failed on both of its attempts (conftest.finished_test_sweep)
+FAILURE = f"InjectedFailure: failure injected by {INJECT_ENV} for {TEST_SWEEP_FAILING_RUN}"
+GROWN = ("--configfile", "config/test.yaml", "--config", "seeds=[1,2,3]")
 
 
 def point(model: str) -> dict:
     return {"model": model, "lr": 0.001, "batch_size": 32, "optimizer": "adam"}
 
 
-def status(workdir, *args) -> str:
-    out = pcamflow("status", "--config", "sweep.yaml", *args, cwd=workdir).stdout
+def status(workdir, *args, config: str = "sweep.yaml") -> str:
+    out = pcamflow("status", "--config", config, *args, cwd=workdir).stdout
     print(out)  # for the record (pytest -s)
     return out
 
@@ -41,34 +44,21 @@ def status(workdir, *args) -> str:
 def run_line(out: str, model: str, seed: int) -> str:
     """The line of one run under its grid point's header."""
     header = f"model~{model}/lr~0.001/batch_size~32/optimizer~adam"
-    block = out.split(header, 1)[1].split("\n\n", 1)[0]
+    block = out.split(f"\n{header}  ", 1)[1].split("\n\n", 1)[0]  # not the header in a note's path
     return re.search(rf"^  seed {seed} .*$", block, re.M)[0]
 
 
 @pytest.mark.slow
-def test_status_of_a_half_finished_sweep_beside_a_running_controller(workflow_dir):
-    (workflow_dir / "sweep.yaml").write_text(yaml.safe_dump(SWEEP, sort_keys=False))
+def test_status_of_a_half_finished_sweep_beside_a_running_controller(finished_test_sweep, tmp_path):
+    # the shared sweep (conftest) grown by a third seed: per grid point seeds 1 and 2 are done, but
+    # for mlp seed 2, which failed on its last attempt; the third seeds are not trained yet
+    workflow_dir = copy_workflow(finished_test_sweep, tmp_path / "wf")
     root = workflow_dir / results_root("default")
     mlp_1 = run_dir(results_root("default"), point("mlp"), 1)
-    snakemake(workflow_dir, "--cores", "2", "--configfile", "sweep.yaml", "--", f"{mlp_1}/history.json")
-    # a run that used its last attempt (the trainer records it so: CONTRACT.md item 1)
-    failed = workflow_dir / run_dir(results_root("default"), point("mlp"), 2)
-    failed.mkdir(parents=True)
-    (failed / "run.json").write_text(json.dumps({"status": "failed", "failure": FAILURE}))
 
-    # a controller trains cnn seed 1; its training job is held still while status looks
-    cnn_1 = run_dir(results_root("default"), point("cnn"), 1)
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "1",
-        "--configfile",
-        "sweep.yaml",
-        "--",
-        f"{cnn_1}/history.json",
-    ]
+    # a controller trains mlp seed 3; its training job is held still while status looks
+    mlp_3 = run_dir(results_root("default"), point("mlp"), 3)
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "1", *GROWN, "--", f"{mlp_3}/history.json"]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     controller = subprocess.Popen(
         cmd, cwd=workflow_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -81,27 +71,27 @@ def test_status_of_a_half_finished_sweep_beside_a_running_controller(workflow_di
     os.kill(pid, signal.SIGSTOP)
     try:
         locks = sorted(p.name for p in (workflow_dir / ".snakemake/locks").iterdir())
-        out = status(workflow_dir)
+        out = status(workflow_dir, "--set", "seeds=[1,2,3]", config="config/test.yaml")
         assert sorted(p.name for p in (workflow_dir / ".snakemake/locks").iterdir()) == locks
     finally:
         os.kill(pid, signal.SIGCONT)
     assert controller.wait(timeout=600) == 0, controller.communicate()[0]  # status did not disturb it
 
-    assert "experiment 'default'" in out and "4 runs: 1 done, 1 running, 1 failed, 1 pending" in out
+    assert "experiment 'default'" in out and "6 runs: 3 done, 1 running, 1 failed, 1 pending" in out
     done = history_metric(root / "runs" / mlp_1.relative_to(results_root("default") / "runs"))
     assert re.fullmatch(rf"  seed 1 +done +val_auc {done:.4f} \(epoch \d\)", run_line(out, "mlp", 1))
-    assert re.search(rf"1/2 done  best val_auc {done:.4f} \(seed 1\), mean {done:.4f}", out)
-    assert run_line(out, "mlp", 2).split(None, 3)[2:] == ["failed", f"{FAILURE['reason']} (after 3 attempts)"]
-    assert re.fullmatch(r"  seed 1 +running +log: .*seed~1\.log", run_line(out, "cnn", 1))
-    assert re.fullmatch(r"  seed 2 +pending", run_line(out, "cnn", 2))
+    assert re.search(rf"1/3 done  best val_auc {done:.4f} \(seed 1\), mean {done:.4f}", out)
+    assert run_line(out, "mlp", 2).split(None, 3)[2:] == ["failed", f"{FAILURE} (after 2 attempts)"]
+    assert re.fullmatch(r"  seed 3 +running +log: .*seed~3\.log", run_line(out, "mlp", 3))
+    assert re.fullmatch(r"  seed 3 +pending", run_line(out, "cnn", 3))
 
     # later, with no controller: the finished run is done; a started one (its log) is interrupted
-    log = workflow_dir / train_log(results_root("default"), point("cnn"), 2)
+    log = workflow_dir / train_log(results_root("default"), point("cnn"), 3)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
-    out = status(workflow_dir)
-    assert "4 runs: 2 done, 1 failed, 1 interrupted" in out
-    assert " done " in run_line(out, "cnn", 1) and " interrupted " in run_line(out, "cnn", 2)
+    out = status(workflow_dir, "--set", "seeds=[1,2,3]", config="config/test.yaml")
+    assert "6 runs: 4 done, 1 failed, 1 interrupted" in out
+    assert " done " in run_line(out, "mlp", 3) and " interrupted " in run_line(out, "cnn", 3)
 
 
 def history_metric(run: os.PathLike, metric: str = "val_auc") -> float:

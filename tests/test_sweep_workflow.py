@@ -19,10 +19,9 @@ TINY = {
 AVG = "results/summary/metrics_avg.csv"
 
 
-def planned_jobs(workdir, *args) -> dict[str, int]:
+def job_counts(dry_run: str) -> dict[str, int]:
     """rule -> number of jobs Snakemake would run (from a dry run's job stats)."""
-    out = snakemake(workdir, "--dry-run", *args).stdout
-    stats = out.split("Job stats:", 1)[1] if "Job stats:" in out else ""
+    stats = dry_run.split("Job stats:", 1)[1] if "Job stats:" in dry_run else ""
     return {
         m.group(1): int(m.group(2))
         for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)
@@ -30,9 +29,20 @@ def planned_jobs(workdir, *args) -> dict[str, int]:
     }
 
 
+def rule_outputs(dry_run: str, rule: str) -> list[str]:
+    return re.findall(rf"^rule {rule}:\n(?:    input: .*\n)?    output: (.*)$", dry_run, re.M)
+
+
+def dry_run(workdir, *args) -> str:
+    return snakemake(workdir, "--dry-run", *args).stdout
+
+
+def planned_jobs(workdir, *args) -> dict[str, int]:
+    return job_counts(dry_run(workdir, *args))
+
+
 def planned_outputs(workdir, rule, *args) -> list[str]:
-    out = snakemake(workdir, "--dry-run", *args).stdout
-    return re.findall(rf"^rule {rule}:\n(?:    input: .*\n)?    output: (.*)$", out, re.M)
+    return rule_outputs(dry_run(workdir, *args), rule)
 
 
 def write_config(workdir, name, cfg) -> str:
@@ -46,12 +56,13 @@ def test_default_sweep_is_one_run_per_grid_point_and_seed_with_every_wildcard_in
     grid, seeds = config["grid"], config["seeds"]
     n_points = len(grid["model"]) * len(grid["lr"]) * len(grid["batch_size"]) * len(grid["optimizer"])
     assert {"mlp", "cnn"} <= set(grid["model"]) and len(seeds) == 3  # the demo: CNN against MLP, 3 seeds
-    jobs = planned_jobs(workflow_dir)
+    plan = dry_run(workflow_dir)
+    jobs = job_counts(plan)
     assert jobs["train"] == n_points * len(seeds)
     for rule in ("aggregate", "champion", "predict_champion", "evaluate", "slices", "reproducibility"):
         assert jobs[rule] == 1, rule
     assert jobs["plot_grid_point"] == n_points
-    outputs = planned_outputs(workflow_dir, "train")
+    outputs = rule_outputs(plan, "train")
     assert len(set(outputs)) == len(outputs) == n_points * len(seeds)
     for output in outputs:
         assert re.search(
@@ -75,8 +86,8 @@ def test_reproducibility_can_repeat_a_chosen_run_trained_first_when_missing(work
     baseline = planned_jobs(workflow_dir)["train"]
     outside = "results/runs/model~cnn/lr~0.003/batch_size~64/optimizer~adam/seed~7"  # not a seed of the sweep
     chosen = write_config(workflow_dir, "chosen.yaml", {"reproducibility": {"run": outside}})
-    assert planned_jobs(workflow_dir, "--configfile", chosen)["train"] == baseline + 1
-    out = snakemake(workflow_dir, "--dry-run", "--configfile", chosen).stdout
+    out = dry_run(workflow_dir, "--configfile", chosen)
+    assert job_counts(out)["train"] == baseline + 1
     (inputs,) = re.findall(r"^rule reproducibility:\n    input: (.*)$", out, re.M)
     assert f"{outside}/run.json" in inputs
     assert "champion.json" not in inputs  # a chosen run's twin need not wait for the whole sweep
@@ -123,15 +134,17 @@ def test_metrics_avg_from_scratch_then_a_new_seed_or_grid_value_trains_only_the_
     assert planned_jobs(workflow_dir, AVG, "--configfile", tiny) == {}
 
     more_seeds = write_config(workflow_dir, "seeds.yaml", dict(TINY, seeds=[1, 2]))
-    jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_seeds)
+    plan = dry_run(workflow_dir, AVG, "--configfile", more_seeds)
+    jobs = job_counts(plan)
     assert jobs == {"preflight": 1, "train": 1, "aggregate": 1}  # a new run is preceded by a preflight
-    (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_seeds)
+    (output,) = rule_outputs(plan, "train")
     assert "/lr~0.001/batch_size~32/optimizer~adam/seed~2/" in output
 
     more_lrs = write_config(workflow_dir, "lrs.yaml", dict(TINY, grid=dict(TINY["grid"], lr=[0.001, 0.01])))
-    jobs = planned_jobs(workflow_dir, AVG, "--configfile", more_lrs)
+    plan = dry_run(workflow_dir, AVG, "--configfile", more_lrs)
+    jobs = job_counts(plan)
     assert jobs == {"preflight": 1, "train": 1, "aggregate": 1}
-    (output,) = planned_outputs(workflow_dir, "train", AVG, "--configfile", more_lrs)
+    (output,) = rule_outputs(plan, "train")
     assert "/lr~0.01/" in output
 
     # the twin of a chosen run trains beside the sweep: no champion, no evaluation needed first

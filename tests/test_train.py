@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, pcamflow
 from train_fixtures import write_store
 
 from pcamflow import rundir
@@ -290,13 +290,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(store, tmp_path):
 def test_the_command_exits_2_with_one_line_on_a_bad_config(store, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({**run_config(store), "model": "vgg"}))
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pcamflow.cli", "train", "--config", str(cfg), "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    proc = pcamflow("train", "--config", str(cfg), "--out", str(tmp_path / "o"), check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"pcamflow: error: run config: key 'model': 'vgg' is not one of {runconfig.run_config_schema()['properties']['model']['enum']}"

@@ -9,12 +9,12 @@ import shutil
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from bundle_fixtures import make_bundle
+from conftest import pcamflow
 from pcam_fixtures import write_raw_dir, write_split
 from train_fixtures import write_store
 
@@ -197,13 +197,7 @@ def test_pcamflow_train_on_a_full_disk_ends_with_one_line_naming_the_checkpoint(
     run = {"data": str(store), "model": "cnn", "lr": 0.01, "batch_size": 16, "optimizer": "adam", "seed": 0}
     config.write_text(yaml.safe_dump({**run, "training": {"epochs": 2, "cnn_width": 16, "threads": 1}}))
     out = full_disk / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pcamflow.cli", "train", "--config", str(config), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src")),
-        timeout=600,
-    )
+    proc = pcamflow("train", "--config", str(config), "--out", str(out), check=False)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert last.startswith(f"pcamflow: error: no space left on device writing {full_disk}/"), last
