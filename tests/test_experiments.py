@@ -30,6 +30,7 @@ OPERATIONAL_CHANGES = {
         "threads": 2,
         "eval_batch_size": 64,
         "device_resident": True,
+        "cpu_accelerator": "off",
     },
     "audit": {"block_size": 7},
     "download": {"base_url": "https://mirror.example.org/pcam", "timeout_s": 5, "retries": 1},

@@ -29,7 +29,7 @@ import yaml
 from conftest import REPO, make_workflow_copy, pcamflow, snakemake
 from test_profiles import MAIN, parse_profile
 
-from pcamflow.config import validate_config
+from pcamflow.config import WORKFLOW_CONFIG, load_workflow_config
 from pcamflow.evaluation.reproducibility import compare_runs
 from pcamflow.io import read_json
 from pcamflow.throughput.cost import (
@@ -241,7 +241,8 @@ def assert_cost_table_matches_sacct(wf: Path, jobs: list[dict]) -> None:
     print(table.to_string())  # for the record (pytest -s)
     assert set(table.loc[table.index != "total", "source"].dropna()) == {"sacct"}
     train_tiles = len(np.load(wf / "results" / "prepared" / "train_y.npy"))
-    cfg = validate_config(yaml.safe_load((REPO / "config" / "test.yaml").read_text()))
+    # the config the workflow ran with: config/test.yaml laid over config/config.yaml
+    cfg = load_workflow_config([REPO / "config" / "test.yaml"], base=REPO / WORKFLOW_CONFIG)
     estimated = sbu_by_rule(estimate(cfg, train_tiles))
     total_sbu = 0.0
     for rule in {job["rule"] for job in jobs}:
@@ -376,7 +377,7 @@ def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_reques
         assert states == ("PENDING", "PartitionConfig"), states
     finally:
         main.send_signal(signal.SIGINT)  # Snakemake cancels the jobs it submitted
-        main.communicate(timeout=120)
+        main.communicate(timeout=300)  # cancelling through Slurm on a loaded 2-core CI machine
         slurm_env.run("scancel", "--partition", "gpu_course")
     trained = [comment for comment in jobs_from(slurm_env, wf) if rule_of(comment, {}) == "train"]
     assert len(trained) == 1, "the main profile's training job was submitted"  # the course run's only
