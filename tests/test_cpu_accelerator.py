@@ -127,6 +127,7 @@ def test_the_compiled_pass_leaves_torchs_threads_as_they_were():
     assert proc.stdout.split() == ["1"]
 
 
+@pytest.mark.slow  # a whole `pcamflow train` in a fresh process without the JIT
 def test_a_run_with_the_jit_disabled_completes_on_the_torch_ops_with_one_warning(store, tmp_path):
     proc = train_command(store, tmp_path / "nojit", NUMBA_DISABLE_JIT="1")
     assert proc.returncode == 0, proc.stderr
@@ -171,6 +172,7 @@ def damage(cache, suffix: str) -> None:
         path.write_bytes(b"garbage, not a pickle")
 
 
+@pytest.mark.slow  # compiles the pass twice in fresh processes (about 20 s)
 def test_a_damaged_cache_file_is_compiled_afresh_once_and_cached_again(store, tmp_path):
     cache = tmp_path / "numba-cache"
     first = python(READY, NUMBA_CACHE_DIR=str(cache))
