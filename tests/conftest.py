@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The tests start hundreds of Python processes: where PYTHONDONTWRITEBYTECODE is set (this machine
 # and CI set it) each would compile the checkout's modules from source again.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+# A test suite started in the background (`make test &`, some CI runners) inherits SIGINT and SIGQUIT
+# ignored, and so would every command it starts: Snakemake would then never see the Ctrl-C (SIGINT)
+# that tests send it as a user at a terminal does. The commands get the terminal's dispositions.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGQUIT) is signal.SIG_IGN:
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "report", "config", "src", "profiles", "envs")
 
 
