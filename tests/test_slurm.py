@@ -377,7 +377,7 @@ def test_course_profile_runs_on_a_small_gpu_slice_where_the_main_profiles_reques
         assert states == ("PENDING", "PartitionConfig"), states
     finally:
         main.send_signal(signal.SIGINT)  # Snakemake cancels the jobs it submitted
-        main.communicate(timeout=300)  # cancelling through Slurm on a loaded 2-core CI machine
+        main.communicate(timeout=300)  # it cancels through Slurm, on a busy 2-core CI machine
         slurm_env.run("scancel", "--partition", "gpu_course")
     trained = [comment for comment in jobs_from(slurm_env, wf) if rule_of(comment, {}) == "train"]
     assert len(trained) == 1, "the main profile's training job was submitted"  # the course run's only
