@@ -2,12 +2,12 @@
 
 uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW (or channels_last),
 one tile at a time in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the
-reference) make several passes over the whole batch: about 1 ms of CPU against 4 for a batch of 64
-on one thread, which takes the demo MLP step's input share from 17.8% to 5.7% (CNN: 7.2% to 3.2%;
-batch 64, channels_last, `benchmarks/input_pipeline.py` on a loaded 2-core machine). The values are
-bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add (numba's default: fastmath off). With one torch
-thread (the training default) the loop runs in the calling thread; with more, the tiles are shared
-over as many of numba's threads (`prange`).
+reference) make several passes over the whole batch. That takes the demo MLP step's input share
+from 16.9% to 6.3% (CNN: 6.6% to 2.9%; batch 64, one thread, channels_last;
+`benchmarks/input_pipeline.py --repeats 3 --warmup 5 --steps 40` on an idle 2-core VM). The values
+are bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add
+(numba's default: fastmath off). With one torch thread (the training default) the loop runs in the
+calling thread; with more, the tiles are shared over as many of numba's threads (`prange`).
 
 numba caches the compiled code on disk (compiling takes seconds); a cache file it cannot read is
 compiled afresh and written again. This module is imported only when the accelerator runs
