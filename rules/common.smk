@@ -190,7 +190,24 @@ def check_store(wildcards):
     then, unlike while the Snakefile is read. Refuses with one line (pcamflow.data.store)."""
     if workflow.is_main_process:
         check_store_once()
+        refuse_forceall_over_finished_runs()
     return []
+
+
+@functools.cache
+def refuse_forceall_over_finished_runs():
+    """-F (--forceall) reruns every job it plans: each finished run's files would be deleted and the
+    run trained again. A rerun of one step names its rule (--forcerun); a fresh start is a new
+    experiment name, which leaves the finished runs where they are."""
+    if not workflow.dag_settings.forceall:
+        return
+    finished = [path for path in all_run_files(rundir.HISTORY) if os.path.exists(path)]
+    if finished:
+        refuse(
+            f"-F/--forceall would delete and train again the {len(finished)} finished runs in "
+            f"{RESULTS}/; rerun a step by naming its rule (--forcerun RULE), or start afresh under "
+            "another experiment name (--config experiment=NAME)"
+        )
 
 
 @functools.cache

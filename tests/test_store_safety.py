@@ -185,3 +185,21 @@ def test_a_damaged_store_stops_the_workflow_once_and_an_identical_rebuild_retrai
     snakemake(workdir, "--cores", "2", *CONFIG, "--forcerun", "prepare")
     assert run_files(results) == before
     assert "Nothing to be done" in snakemake(workdir, "--cores", "2", *CONFIG, "-n").stdout
+
+
+@pytest.mark.slow
+def test_forceall_over_finished_runs_is_refused_in_one_line_and_deletes_nothing(
+    finished_test_sweep, tmp_path
+):
+    workdir = copy_workflow(finished_test_sweep, tmp_path / "wf")
+    results = workdir / "results"
+    before = run_files(results)
+    for dry_run in (("-n",), ()):
+        run = snakemake(workdir, "--cores", "2", *CONFIG, "-F", *dry_run, check=False)
+        assert run.returncode != 0
+        errors = [line for line in run.stderr.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and errors[0].startswith("pcamflow: error: -F/--forceall would delete"), (
+            run.stderr
+        )
+        assert "--forcerun RULE" in errors[0] and "--config experiment=NAME" in errors[0]
+        assert run_files(results) == before  # byte-identical, same mtimes
