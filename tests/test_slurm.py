@@ -412,17 +412,20 @@ def test_staging_copies_the_prepared_store_to_the_jobs_node_local_scratch(slurm_
 
 
 def calibrated_epochs(wf: Path, config: dict, tmp_path: Path, target_s: float) -> int:
-    """How many epochs make one training run last about target_s on this machine."""
+    """How many epochs make one training run last at least about target_s on this machine: the
+    fastest of three epochs counts (the first also pays one-time costs: twice an epoch's work)."""
     run_config = {
         "data": str(wf / "results" / "prepared"),
         **{key: values[0] for key, values in config["grid"].items()},
         "seed": config["seeds"][0],
-        "training": {**config["training"], "epochs": 1},
+        "training": {**config["training"], "epochs": 3},
     }
     (tmp_path / "calibrate.yaml").write_text(yaml.safe_dump(run_config))
     pcamflow("train", "--config", str(tmp_path / "calibrate.yaml"), "--out", str(tmp_path / "calibrate"))
-    epoch_s = read_json(tmp_path / "calibrate" / "history.json")["epochs"][0]["epoch_time_s"]
-    return min(60, max(4, math.ceil(target_s / epoch_s)))
+    epochs = read_json(tmp_path / "calibrate" / "history.json")["epochs"]
+    epoch_s = min(epoch["epoch_time_s"] for epoch in epochs)
+    print(f"calibrated: {[round(epoch['epoch_time_s'], 2) for epoch in epochs]} s per epoch")  # pytest -s
+    return max(4, math.ceil(target_s / epoch_s))
 
 
 def test_training_cut_off_by_its_time_limit_resumes_and_ends_as_an_uninterrupted_run(
