@@ -30,7 +30,7 @@ CPU_ACCELERATOR_SETTINGS = ("auto", "off", False)
 
 
 def d4_view(x: torch.Tensor, t: int, dims: tuple[int, int] = NHWC_ROWS_COLUMNS) -> torch.Tensor:
-    """D4 element t of tiles whose rows and columns are `dims` (a view where torch gives one)."""
+    """D4 element t of tiles whose rows and columns are `dims`, not necessarily contiguous."""
     x = x.flip(dims[1]) if t // 4 else x
     return torch.rot90(x, t % 4, dims=dims)
 
@@ -109,7 +109,6 @@ class BatchTransform:
         self.device = torch.device(device)
         mean = torch.tensor(stats["mean"], dtype=torch.float32, device=self.device)
         std = torch.tensor(stats["std"], dtype=torch.float32, device=self.device)
-        # (x / 255 - mean) / std == x * scale + shift
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std
         self.augment = augment
