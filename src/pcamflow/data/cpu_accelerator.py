@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from pcamflow.constants import CHANNELS
-from pcamflow.data.transforms import d4_affine
 from pcamflow.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -43,13 +42,14 @@ _ONE_CALL = threading.Lock()  # the workqueue layer runs one parallel call at a 
 def d4_normalise(
     x: torch.Tensor,
     transforms: torch.Tensor | None,
+    affine: np.ndarray,
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """float32 (B, 3, H, H) of uint8 (B, H, H, 3) CPU tiles: tile b turned by D4 element transforms[b]
-    (None: as is), then x * scale + shift per channel (None: not normalised); with channels_last,
-    written in that memory format."""
+    (None: as is; `affine`: the elements' pixel maps, `transforms.d4_affine`), then x * scale + shift
+    per channel (None: not normalised); with channels_last, written in that memory format."""
     b, size = x.shape[0], x.shape[1]
     tiles = x.contiguous().numpy().reshape(b, -1)
     transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
@@ -60,7 +60,7 @@ def d4_normalise(
         out = torch.from_numpy(np.empty((b, size, size, CHANNELS), np.float32)).permute(0, 3, 1, 2)
     else:
         out = torch.from_numpy(np.empty((b, CHANNELS, size, size), np.float32))
-    args = (tiles, transforms, d4_affine(size), scale, shift, out.numpy())
+    args = (tiles, transforms, affine, scale, shift, out.numpy())
     in_this_thread, over_threads = compiled_passes()
     threads = min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
     if threads == 1:  # the training default: no hand-off to numba's threads

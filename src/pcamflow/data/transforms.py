@@ -139,7 +139,8 @@ class BatchTransform:
         accelerator = cpu_accelerator() if self.accelerated else None
         if accelerator is not None:  # it writes channels_last at once when asked: a copy less
             scale, shift = (self.scale, self.shift) if normalise else (None, None)
-            return accelerator.d4_normalise(x, transforms, scale, shift, self.channels_last)
+            affine = d4_affine(x.shape[1])
+            return accelerator.d4_normalise(x, transforms, affine, scale, shift, self.channels_last)
         planes = x.permute(0, 3, 1, 2).contiguous()  # the D4 view on colour planes, not pixels: 25% faster
         if transforms is not None:
             planes = apply_d4(planes, transforms, NCHW_ROWS_COLUMNS)
