@@ -6,18 +6,17 @@ reference) make several passes over the whole batch. That takes the demo MLP ste
 from 16.9% to 6.3% (CNN: 6.6% to 2.9%; batch 64, one thread, channels_last;
 `benchmarks/input_pipeline.py --repeats 3 --warmup 5 --steps 40` on an idle 2-core VM). The values
 are bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add
-(numba's default: fastmath off). With one torch thread (the training default) the loop runs in the
-calling thread; with more, the tiles are shared over as many of numba's threads (`prange`).
+(numba's default: fastmath off). With more than one torch thread, the tiles are shared over as
+many of numba's threads (`prange`).
 
-numba caches the compiled code on disk (compiling takes seconds); a cache file it cannot read is
-compiled afresh and written again. This module is imported only when the accelerator runs
-(`transforms.cpu_accelerator`, which falls back to the torch ops, with one warning, on any error
-here): a GPU job never loads numba.
+Imported only when the accelerator runs (`transforms.cpu_accelerator`, which falls back to the torch
+ops, with one warning, on any error here): a GPU job never loads numba.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 
@@ -36,8 +35,7 @@ ARGUMENTS = "uint8[:, ::1], int64[::1], int64[:, ::1], float32[::1], float32[::1
 SIGNATURES = (f"void({ARGUMENTS.format('::1')})", f"void({ARGUMENTS.format(':')})")
 # numba's own thread pool: its OpenMP layer would share torch's OpenMP runtime and change torch's
 # thread count (and with it a run's floating-point sums) when it starts
-THREADING_LAYER = "workqueue"
-numba.config.THREADING_LAYER = THREADING_LAYER  # read when numba first starts its threads
+numba.config.THREADING_LAYER = "workqueue"  # read when numba first starts its threads
 _ONE_CALL = threading.Lock()  # the workqueue layer runs one parallel call at a time in a process
 
 
@@ -51,8 +49,7 @@ def d4_normalise(
 ) -> torch.Tensor:
     """float32 (B, 3, H, H) of uint8 (B, H, H, 3) CPU tiles: tile b turned by D4 element transforms[b]
     (None: as is; `affine`: the elements' pixel maps, `transforms.d4_affine`), then x * scale + shift
-    per channel (None: not normalised). With channels_last, written in that memory format at once
-    (a copy less than converting afterwards)."""
+    per channel (None: not normalised); with channels_last, written in that memory format."""
     b, size = x.shape[0], x.shape[1]
     tiles = x.contiguous().numpy().reshape(b, -1)
     transforms = np.zeros(b, np.int64) if transforms is None else transforms.numpy().astype(np.int64)
@@ -102,32 +99,27 @@ def _each_tile_over_threads(x, transforms, affine, scale, shift, out):
 
 @functools.cache
 def compiled_passes() -> tuple:
-    """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURES: numba's cached code, or
-    compiled (seconds) and cached. A cache file numba cannot read is compiled afresh and written
+    """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURES: numba's code cached on disk,
+    or compiled (seconds) and cached. A cache file numba cannot read is compiled afresh and written
     again, with one warning."""
     if numba.config.DISABLE_JIT:
         raise RuntimeError("NUMBA_DISABLE_JIT is set")
     passes = (_each_tile, _each_tile_over_threads)
-    unreadable = [cause for cause in map(_compile, passes) if cause is not None]
-    if unreadable:
-        log.warning(
-            "training.cpu_accelerator: numba's cached code for the CPU pass was unreadable (%s: %s); "
-            "compiled afresh and cached again",
-            type(unreadable[0]).__name__,
-            first_line(unreadable[0]),
-        )
-    return passes
-
-
-def _compile(compiled) -> Exception | None:
-    """Compile (or load) `compiled` for SIGNATURES; the error of an unreadable cache, when it was one."""
-    cause = None
-    for signature in SIGNATURES:
+    unreadable = None
+    for compiled, signature in itertools.product(passes, SIGNATURES):
         try:
             compiled.compile(signature)
         except Exception as exc:  # a cache file numba cannot read (UnpicklingError, EOFError, ...)
             compiled._cache.flush()  # numba's own reset: an empty cache index, so this compile rewrites it
             compiled.compile(signature)
-            cause = cause or exc
-    compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
-    return cause
+            unreadable = unreadable or exc
+    for compiled in passes:
+        compiled.disable_compile()  # arguments of other types are a bug here, never a silent compile
+    if unreadable is not None:
+        log.warning(
+            "training.cpu_accelerator: numba's cached code for the CPU pass was unreadable (%s: %s); "
+            "compiled afresh and cached again",
+            type(unreadable).__name__,
+            first_line(unreadable),
+        )
+    return passes

@@ -1,13 +1,6 @@
-"""The input loader: whole batches of uint8 tiles gathered from the prepared store, resumable mid-epoch.
-
-`BatchLoader` draws each epoch's indices with a seeded `torch.Generator` and gathers a batch with one
-fancy-indexing call on the (possibly memory-mapped) array: no per-sample Python, no PIL, no HDF5.
-Where the batch is gathered from (the same batches, bit for bit, either way):
-  - device-resident: the whole uint8 train split lives on the device (`training.device_resident`;
-    on CUDA by default when it fits, see `resident_fits`), so a batch is one on-device gather;
-  - host: a gather from the host array (on a CPU, the batch itself); on CUDA the next batch is
-    gathered into pinned memory and copied on a side stream while the current step runs (prefetch).
-`pcamflow.data.transforms` turns the batches into the model's input.
+"""The input loader: seeded, resumable batches of uint8 tiles from the prepared store, each gathered
+with one fancy-indexing call (no per-sample Python, no PIL, no HDF5). `pcamflow.data.transforms`
+turns them into the model's input.
 """
 
 from __future__ import annotations
@@ -30,19 +23,18 @@ log = logging.getLogger(__name__)
 # the memory free there at the start: the rest is left to the model, its activations and the optimizer
 RESIDENT_SHARE = 0.5
 RESIDENT_COPY_TILES = 8192  # tiles per host-to-device chunk (about 226 MB) when the split is copied over
+Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 tiles (B, 96, 96, 3), int64 labels (B,)
 
 
 class BatchLoader:
-    """Batches of (uint8 tiles (B, 96, 96, 3), int64 labels (B,)) on `device`, resumable mid-epoch.
+    """Batches (uint8 tiles, int64 labels) on `device`; iterating runs the rest of the current epoch
+    (a new one when none is in progress). `resident`: the whole split lives on `device` and a batch is
+    one gather there. Otherwise a batch is gathered from the (possibly memory-mapped) host array and,
+    with `prefetch` (default: on CUDA), gathered and copied on a side stream while the caller uses the
+    one before. Every path gives the same batches, bit for bit.
 
-    Iterating runs the rest of the current epoch (a new one when none is in progress). The state
-    (`state_dict`) is the generator state at the start of the epoch plus the number of batches
-    already handed out, so a loader restored from it yields exactly the remaining batches.
-
-    `resident`: keep the whole split on `device` (a copy made once) and gather each batch there.
-    `prefetch` (host gathers only; default: on CUDA): gather the next batch in a background thread
-    (and copy it on a side CUDA stream) while the caller works on the current one. Neither changes
-    the batches, their values or the state: a batch's indices are fixed when its epoch starts.
+    The state is the generator state at the start of the epoch plus the batches handed out: a batch's
+    indices are fixed when its epoch starts, so a restored loader yields exactly the remaining ones.
     """
 
     def __init__(
@@ -63,12 +55,10 @@ class BatchLoader:
         self.device = torch.device(device)
         self.y = np.asarray(split.y, dtype=np.int64)
         self.resident = resident
-        if resident:  # the host array is no longer needed: a memory-mapped split's pages can go
-            self.x = None
+        self.x = None if resident else split.x  # a resident memory-mapped split's pages can go
+        if resident:
             self._x_device = resident_copy(split.x, self.device)
             self._y_device = torch.from_numpy(self.y).to(self.device)
-        else:
-            self.x = split.x
         self.prefetch = (self.device.type == "cuda") if prefetch is None else prefetch
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -79,26 +69,26 @@ class BatchLoader:
         self.position = 0  # batches handed out in the current epoch
         self._epoch_start_state: torch.Tensor | None = None  # set while an epoch is in progress
         self._order: np.ndarray | None = None  # this epoch's sample indices
-        self._labels: np.ndarray | None = None  # and their labels
         self._weights = _balanced_weights(torch.from_numpy(self.y)) if balanced else None
 
     def __len__(self) -> int:
         n = len(self.y)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         if self._order is None:
             self._start_epoch()
+        rest = range(self.position, len(self))
         if self.resident:
-            batches = self._resident_batches(self.position)
+            batches = self._resident_batches(rest)
         elif self.prefetch:
-            batches = self._prefetched_batches(self.position)
+            batches = self._prefetched_batches(rest)
         else:
-            batches = (self._gather(k) for k in range(self.position, len(self)))
+            batches = map(self._host_batch, rest)
         for batch in batches:
             self.position += 1  # counts batches handed out, not gathered ahead
             yield batch
-        self._order = self._labels = self._epoch_start_state = None
+        self._order = self._epoch_start_state = None
         self.position = 0
         self.epoch += 1
 
@@ -114,7 +104,7 @@ class BatchLoader:
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
-        self._order = self._labels = self._epoch_start_state = None
+        self._order = self._epoch_start_state = None
         self.position = 0
         if state["in_epoch"]:
             self._start_epoch()  # redraws the same order from the restored generator
@@ -130,19 +120,17 @@ class BatchLoader:
         else:
             order = torch.arange(n)
         self._order = _sorted_per_batch(order.numpy(), self.batch_size)
-        self._labels = self.y[self._order]
         self.position = 0
 
     def _batch(self, k: int) -> slice:
         """Batch k's run of this epoch's order."""
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
-    def _y(self, k: int) -> torch.Tensor:
-        return torch.from_numpy(self._labels[self._batch(k)])
-
-    def _host_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch k gathered on the host (into pinned memory when it goes to a CUDA device)."""
+    def _host_batch(self, k: int, stream: torch.cuda.Stream | None = None) -> Batch:
+        """Batch k gathered on the host; for a CUDA device into pinned memory, then copied there
+        without blocking (on `stream` when given)."""
         idx = self._order[self._batch(k)]
+        y = torch.from_numpy(self.y[idx])
         cuda = self.device.type == "cuda"
         shape = (len(idx), *self.x.shape[1:])
         # numpy's empty on a CPU: under deterministic algorithms (the training default) torch's
@@ -153,45 +141,33 @@ class BatchLoader:
             else torch.from_numpy(np.empty(shape, np.uint8))
         )
         np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
-        return (x, self._y(k).pin_memory()) if cuda else (x, self._y(k))
+        if not cuda:
+            return x, y
+        with torch.cuda.device(self.device), torch.cuda.stream(stream):
+            return x.to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
 
-    def _gather(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self._host_batch(k)
-        if self.device.type == "cuda":
-            return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        return x, y
-
-    def _resident_batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches start.. of this epoch, each one gather on the device (the order is copied there
-        once per epoch, so a step does no host work and no host-to-device copy)."""
+    def _resident_batches(self, ks: range) -> Iterator[Batch]:
+        """Batches ks, each one gather on the device (the order is copied there once per epoch, so a
+        step does no host work and no host-to-device copy)."""
         order = torch.from_numpy(self._order).to(self.device)
-        for k in range(start, len(self)):
+        for k in ks:
             idx = order[self._batch(k)]
             yield self._x_device.index_select(0, idx), self._y_device.index_select(0, idx)
 
-    def _prefetched_batches(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches start.. of this epoch, batch k + 1 gathered (and on CUDA copied to the device on
-        a side stream) in a background thread while the caller uses batch k. numpy's gather
-        releases the GIL, so the gather runs beside the training step."""
-        cuda = self.device.type == "cuda"
-        stream = torch.cuda.Stream(self.device) if cuda else None
+    def _prefetched_batches(self, ks: range) -> Iterator[Batch]:
+        """Host batches ks, each gathered ahead in a background thread (numpy's gather releases the GIL)."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
         def load(k: int):
-            x, y = self._host_batch(k)
-            if not cuda:
-                return x, y, None
-            with torch.cuda.device(self.device), torch.cuda.stream(stream):
-                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                copied = torch.cuda.Event()
-                copied.record(stream)
-            return x, y, copied
+            x, y = self._host_batch(k, stream)
+            return x, y, None if stream is None else stream.record_event()  # the end of the copy
 
-        pool = _prefetch_pool()
-        pending = pool.submit(load, start) if start < len(self) else None
-        for k in range(start, len(self)):
+        pool = _prefetch_pool(os.getpid())
+        pending = pool.submit(load, ks[0]) if ks else None
+        for k in ks:
             x, y, copied = pending.result()
-            pending = pool.submit(load, k + 1) if k + 1 < len(self) else None
-            if cuda:  # the consumer's stream waits for the copy; the allocator learns who uses it
+            pending = pool.submit(load, k + 1) if k + 1 < ks.stop else None
+            if copied is not None:  # the caller's stream waits for the copy; the allocator learns who uses it
                 current = torch.cuda.current_stream(self.device)
                 current.wait_event(copied)
                 x.record_stream(current)
@@ -223,26 +199,24 @@ def resident_fits(nbytes: int, free_bytes: int) -> bool:
 def device_resident(setting: bool | str, split: Split, device: str | torch.device) -> bool:
     """Whether training keeps `split` on `device` (`training.device_resident`: auto, true, false)."""
     device = torch.device(device)
+    if setting != "auto":
+        log.info("input: %s (device_resident %s)", "device-resident" if setting else "host gathers", setting)
+        return bool(setting)
+    if device.type != "cuda":
+        log.info("input: host gathers (device_resident auto: the split stays in host memory on %s)", device)
+        return False
     nbytes = split.x.nbytes + split.y.nbytes
-    if setting == "auto":
-        if device.type != "cuda":
-            log.info(
-                "input: host gathers (device_resident auto: the split stays in host memory on %s)", device
-            )
-            return False
-        free, _ = torch.cuda.mem_get_info(device)
-        resident = resident_fits(nbytes, free)
-        log.info(
-            "input: %s (device_resident auto: train split %.2f GB, %.2f GB free on %s; resident up to %.0f%%)",
-            "device-resident" if resident else "host gathers, prefetched",
-            nbytes / 1e9,
-            free / 1e9,
-            device,
-            100 * RESIDENT_SHARE,
-        )
-        return resident
-    log.info("input: %s (device_resident %s)", "device-resident" if setting else "host gathers", setting)
-    return bool(setting)
+    free, _ = torch.cuda.mem_get_info(device)
+    resident = resident_fits(nbytes, free)
+    log.info(
+        "input: %s (device_resident auto: train split %.2f GB, %.2f GB free on %s; resident up to %.0f%%)",
+        "device-resident" if resident else "host gathers, prefetched",
+        nbytes / 1e9,
+        free / 1e9,
+        device,
+        100 * RESIDENT_SHARE,
+    )
+    return resident
 
 
 def resident_copy(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -262,11 +236,7 @@ def resident_copy(x: np.ndarray, device: torch.device) -> torch.Tensor:
     return out
 
 
-def _prefetch_pool() -> ThreadPoolExecutor:
-    """This process's one prefetch thread (keyed by pid: a forked child has none of its parent's threads)."""
-    return _prefetch_pools(os.getpid())
-
-
 @functools.cache
-def _prefetch_pools(pid: int) -> ThreadPoolExecutor:
+def _prefetch_pool(pid: int) -> ThreadPoolExecutor:
+    """Process `pid`'s one prefetch thread (keyed by pid: a forked child has none of its parent's threads)."""
     return ThreadPoolExecutor(1, thread_name_prefix="pcamflow-prefetch")

@@ -50,29 +50,21 @@ def predict_proba(
     cpu_accelerator: str | bool = "auto",
 ) -> np.ndarray:
     """P(positive) for every tile of a uint8 (N, 96, 96, 3) array, in order; tta averages the 8 D4 views.
-
-    `plain`: this model's tta=False result on the same tiles, when the caller already has it; it
-    stands in for the identity view (view 0), so that view is not predicted a second time.
-    `cpu_accelerator`: `training.cpu_accelerator` (the same values either way).
-    """
+    `plain`: this model's tta=False result on these tiles, when the caller has it: view 0 is not
+    predicted again."""
     transform = BatchTransform(
         stats, device=device, augment=False, channels_last=channels_last, cpu_accelerator=cpu_accelerator
     )
-    views = range(D4_SIZE) if tta else (0,)
-    total = None
-    for view in views:
+
+    def view_proba(view: int) -> torch.Tensor:
         if view == 0 and plain is not None:
-            prob = torch.from_numpy(np.asarray(plain, dtype=np.float64))
-        else:
-            chunks = [
-                torch.softmax(logits, dim=1)[:, 1].cpu()
-                for logits in predict_logits(
-                    model, x_uint8_array, transform, batch_size=batch_size, amp=amp, d4=view
-                )
-            ]
-            prob = torch.cat(chunks).double() if chunks else torch.zeros(0, dtype=torch.float64)
-        total = prob if total is None else total + prob
-    return (total / len(views)).numpy()
+            return torch.from_numpy(np.asarray(plain, dtype=np.float64))
+        logits = predict_logits(model, x_uint8_array, transform, batch_size=batch_size, amp=amp, d4=view)
+        chunks = [torch.softmax(batch, dim=1)[:, 1].cpu() for batch in logits]
+        return torch.cat(chunks).double() if chunks else torch.zeros(0, dtype=torch.float64)
+
+    views = range(D4_SIZE) if tta else (0,)
+    return (sum(map(view_proba, views)) / len(views)).numpy()
 
 
 def autocast(device: torch.device, amp: str):

@@ -1,15 +1,13 @@
 """The input transform: uint8 NHWC tiles -> the model's input, normalised float32 NCHW, in torch ops.
 
-As torchvision's and timm's transforms: one small function per operation, on uint8 tiles, then
-normalisation. These torch ops are the one reference: they run on CUDA, in the exported model
-(`torch.export` traces `BatchTransform`) and on a CPU whenever the optional compiled pass
-(`pcamflow.data.cpu_accelerator`, chosen by `training.cpu_accelerator`) is off or cannot run; that
-pass gives the same values bit for bit.
+One small function per operation, as torchvision's and timm's transforms. These torch ops are the
+reference: they run on CUDA, in the exported model (`torch.export` traces `BatchTransform`) and on a
+CPU whenever the compiled pass (`pcamflow.data.cpu_accelerator`, the same values bit for bit) is off
+or cannot run.
 
 D4 is the group of the 8 symmetries of a square tile: element t flips the columns when t >= 4, then
 rotates by 90 degrees t % 4 times. Training draws one element per tile, and optional colour jitter,
-from the caller's CPU generator (part of the checkpointed state), so augmentation is reproducible
-whatever the device.
+from the caller's CPU generator (part of the checkpointed state): the same augmentation on any device.
 """
 
 from __future__ import annotations
@@ -32,8 +30,7 @@ CPU_ACCELERATOR_SETTINGS = ("auto", "off", False)
 
 
 def d4_view(x: torch.Tensor, t: int, dims: tuple[int, int] = NHWC_ROWS_COLUMNS) -> torch.Tensor:
-    """D4 element t of tiles whose rows and columns are `dims`: columns flipped when t >= 4, then
-    turned by 90 degrees t % 4 times."""
+    """D4 element t of tiles whose rows and columns are `dims`, not necessarily contiguous."""
     x = x.flip(dims[1]) if t // 4 else x
     return torch.rot90(x, t % 4, dims=dims)
 
@@ -46,8 +43,7 @@ def apply_d4(
         return d4_view(x, transform, dims).contiguous()
     # which tiles drew which element is found on the host, so CUDA work is queued without a sync
     transform = transform.cpu()
-    out = x.clone()  # every tile is overwritten below; torch's empty_like fills first, slowly, under
-    # deterministic algorithms (the training default)
+    out = x.clone()  # all overwritten; empty_like fills first, slowly, under deterministic algorithms
     for t in range(D4_SIZE):  # one flip/rot90 per element, on the tiles that drew it
         tiles = (transform == t).nonzero().squeeze(1)
         if len(tiles):
@@ -62,15 +58,8 @@ def d4_affine(size: int) -> np.ndarray:
     base + i * row_step + j * col_step (row t: base, row_step, col_step), read off `d4_view`."""
     pixels = torch.arange(size * size).view(1, size, size, 1)
     where = torch.stack([d4_view(pixels, t)[0, :, :, 0] for t in range(D4_SIZE)]).numpy()
-    base = where[:, 0, 0]
-    if size == 1:  # one pixel: the steps are never used
-        return np.stack([base, base * 0, base * 0], axis=1)
-    return np.stack([base, where[:, 1, 0] - base, where[:, 0, 1] - base], axis=1)
-
-
-def to_planes(x: torch.Tensor) -> torch.Tensor:
-    """uint8 NHWC tiles -> uint8 NCHW (contiguous colour planes)."""
-    return x.permute(0, 3, 1, 2).contiguous()
+    base, one = where[:, 0, 0], min(1, size - 1)  # a one-pixel tile's steps are never used (0)
+    return np.stack([base, where[:, one, 0] - base, where[:, 0, one] - base], axis=1)
 
 
 def normalise_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -99,12 +88,9 @@ def draw_jitter(n: int, strength: float, generator: torch.Generator | None) -> t
 
 
 class BatchTransform:
-    """uint8 NHWC tiles -> normalised float32 NCHW on `device`, augmented in training only.
-
-    Normalisation uses the train-only statistics of the store (`pcamflow.data.store.load_stats`).
-    `cpu_accelerator` (`training.cpu_accelerator`): `auto` runs the D4 view, the conversion and the
-    normalisation on a CPU as one compiled pass when it can (same values), `off` keeps to the torch ops.
-    """
+    """uint8 NHWC tiles -> float32 NCHW on `device`, normalised with the store's train-only statistics
+    (`store.load_stats`), augmented in training only. `cpu_accelerator` (`training.cpu_accelerator`):
+    `auto` runs the D4 view, conversion and normalisation on a CPU as one compiled pass when it can."""
 
     def __init__(
         self,
@@ -123,7 +109,6 @@ class BatchTransform:
         self.device = torch.device(device)
         mean = torch.tensor(stats["mean"], dtype=torch.float32, device=self.device)
         std = torch.tensor(stats["std"], dtype=torch.float32, device=self.device)
-        # (x / 255 - mean) / std == x * scale + shift
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std
         self.augment = augment
@@ -150,14 +135,13 @@ class BatchTransform:
     __call__ = to_input
 
     def _float(self, x: torch.Tensor, transforms: torch.Tensor | None, *, normalise: bool = False):
-        """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (None: as is);
-        the compiled pass writes it channels_last at once when that is asked for."""
+        """float32 NCHW of uint8 NHWC tiles, tile i turned by D4 element transforms[i] (None: as is)."""
         accelerator = cpu_accelerator() if self.accelerated else None
-        if accelerator is not None:
+        if accelerator is not None:  # it writes channels_last at once when asked: a copy less
             scale, shift = (self.scale, self.shift) if normalise else (None, None)
             affine = d4_affine(x.shape[1])
             return accelerator.d4_normalise(x, transforms, affine, scale, shift, self.channels_last)
-        planes = to_planes(x)  # the D4 view on planes, not on interleaved pixels: 25% faster
+        planes = x.permute(0, 3, 1, 2).contiguous()  # the D4 view on colour planes, not pixels: 25% faster
         if transforms is not None:
             planes = apply_d4(planes, transforms, NCHW_ROWS_COLUMNS)
         return normalise_(planes.float(), self.scale, self.shift) if normalise else planes.float()
@@ -165,8 +149,8 @@ class BatchTransform:
 
 @functools.cache
 def cpu_accelerator():
-    """`pcamflow.data.cpu_accelerator` once its compiled pass is ready in this process; None (with
-    one warning naming the cause) when it cannot run here: then the torch ops give the same values."""
+    """`pcamflow.data.cpu_accelerator` once its compiled pass is ready in this process; None, with one
+    warning naming the cause, when it cannot run here (the torch ops give the same values)."""
     try:
         from pcamflow.data import cpu_accelerator as accelerator  # numba: imported only when asked for
 
