@@ -27,8 +27,10 @@ XDIST = --dist loadfile --no-loadscope-reorder
 test: $(STAMP) system-deps lint
 	$(BIN)/pytest -ra --durations=15 -n $(TEST_WORKERS) $(XDIST)
 
+# The fast tier has no Slurm cluster to keep on one worker: tests are shared out one by one and an idle
+# worker takes queued ones from the other (a file's module fixtures are built at most once per worker).
 check: $(STAMP) lint
-	$(BIN)/pytest -q -m "not slow and not slurm and not browser" -n $(CHECK_WORKERS) $(XDIST)
+	$(BIN)/pytest -q -m "not slow and not slurm and not browser" -n $(CHECK_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,9 +42,7 @@ RUN_HERE = (
 )
 THIS = "tests/test_docs.py"
 # What make check runs after the linters (two pytest-xdist workers).
-FAST_TIER = (
-    'pytest -q -m "not slow and not slurm and not browser" -n 2 --dist loadfile --no-loadscope-reorder'
-)
+FAST_TIER = 'pytest -q -m "not slow and not slurm and not browser" -n 2 --dist worksteal'
 COMMANDS_TEST = "tests/test_commands.py::test_the_readme_commands_work_as_typed"
 PROFILE_DRY_RUN = "tests/test_profiles.py::test_dry_run_plans_every_job_on_its_partition_without_a_cluster"
 # Commands another test runs: pattern (full match, comment dropped) -> that test.

@@ -23,7 +23,6 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision import transforms
 
 from pcamflow import constants
 from pcamflow.data.rawdata import clean_tiles, labels_path, open_split
@@ -43,6 +42,8 @@ class CourseH5Dataset(Dataset):
         self.y_path = labels_path(x_path)
         with open_split(self.x_path, self.y_path) as raw:  # validates both files once
             self.labels = raw.labels
+        from torchvision import transforms  # 1.8 s to import: only where the course loader runs
+
         self.transform = transforms.Compose(
             [
                 transforms.ToPILImage(),
