@@ -38,6 +38,7 @@ except Exception as exc:
 """
 
 
+@pytest.mark.slow  # compiles the pass into a fresh cache, in fresh processes
 def test_a_damaged_compiled_code_cache_is_no_failure_of_the_run(tmp_path):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba"), PYTHONPATH=str(REPO / "src"))
 

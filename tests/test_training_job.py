@@ -19,6 +19,9 @@ from pcamflow.errors import EXIT_PREEMPTED, PcamflowError
 from pcamflow.rundir import LAST_CHECKPOINT, RUN_FILES, TENSORBOARD
 from pcamflow.training import job, runstatus
 
+# every test starts real training processes and waits for them to train, checkpoint or die (seconds each)
+pytestmark = pytest.mark.slow
+
 OOM_REASON = "killed by signal SIGKILL (out of memory? check the job's memory request, resources.mem_mb / sacct MaxRSS)"
 
 
