@@ -49,8 +49,10 @@ def _audited_set(tmp_path, scale, sizes) -> tuple[Path, object]:
 
 @pytest.mark.slow  # the whole benchmark script
 def test_scale_benchmark_prints_every_data_rule_against_its_read_bound_and_cleans_up(tmp_path):
+    # a set of some 10 MB: the script's default free-disk margin (20 GB) is for full-size sets
+    small = ["--fraction", "0.001", "--min-free-gb", "1"]
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--fraction", "0.001", "--warm", "--dir", str(tmp_path)],
+        [sys.executable, str(SCRIPT), *small, "--warm", "--dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
