@@ -9,11 +9,12 @@ import torch
 from train_fixtures import write_store
 
 from pcamflow.data import transforms
-from pcamflow.data.loader import RESIDENT_SHARE, BatchLoader, device_resident, resident_copy, resident_fits
+from pcamflow.data.loader import BatchLoader, resident_copy
 from pcamflow.data.predictions import predict_proba
 from pcamflow.data.store import Split, load_split, load_stats
 from pcamflow.data.transforms import D4_SIZE, BatchTransform, apply_d4, d4_affine
 from pcamflow.errors import PcamflowError
+from pcamflow.training.device import RESIDENT_SHARE, device_resident, resident_fits
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_twin_runs_are_bit_identical(reference, store, tmp_path):
 
 
 def test_a_device_resident_run_gives_the_host_runs_history_bit_for_bit(reference, store, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pcamflow.data.loader")
+    caplog.set_level(logging.INFO, logger="pcamflow.training.device")
     run_training(run_config(store, device_resident=True), tmp_path)  # the CUDA input path, on the cpu
     assert "input: device-resident (device_resident True)" in caplog.text
     assert_same_run(reference, tmp_path)  # history.json (timing aside) and both checkpoints' weights

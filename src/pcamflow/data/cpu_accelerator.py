@@ -1,16 +1,10 @@
-"""The optional compiled CPU pass of the input transform (`training.cpu_accelerator: auto`).
-
-uint8 NHWC tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW (or channels_last),
-one tile at a time in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the
-reference) make several passes over the whole batch. That takes the demo MLP step's input share
-from 16.9% to 6.3% (CNN: 6.6% to 2.9%; batch 64, one thread, channels_last;
-`benchmarks/input_pipeline.py --repeats 3 --warmup 5 --steps 40` on an idle 2-core VM). The values
-are bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add
-(numba's default: fastmath off). With more than one torch thread, the tiles are shared over as
-many of numba's threads (`prange`).
-
-Imported only when the accelerator runs (`transforms.cpu_accelerator`, which falls back to the torch
-ops, with one warning, on any error here): a GPU job never loads numba.
+"""The optional compiled CPU pass of the input transform (`training.cpu_accelerator: auto`): uint8 NHWC
+tiles -> D4 view -> float32 -> x * scale + shift per channel -> NCHW (or channels_last), one tile at a
+time in a plain numba loop, where the torch ops (`pcamflow.data.transforms`, the reference) make several
+passes over the whole batch (what that buys: docs/usage.md, "The input pipeline"). The values are
+bit-identical to the torch ops (tested): float32 multiply, then add, never a fused multiply-add (numba's
+default: fastmath off). With more than one torch thread, the tiles are shared over as many of numba's
+threads (`prange`). Only `transforms.cpu_accelerator` imports this module, so a GPU job never loads numba.
 """
 
 from __future__ import annotations
@@ -74,8 +68,7 @@ def d4_normalise(
 
 @numba.njit(inline="always")  # compiled into the two loops below
 def _tile(x, t, affine, scale, shift, out):
-    """out[c, i, j] = pixel base + i * row_step + j * col_step (row t of `affine`) of the flat tile x,
-    channel c, as float32 * scale[c] + shift[c]."""
+    """Flat NHWC tile x turned by D4 element t (row t of `affine`) into out (C, H, W) as x * scale + shift."""
     size = out.shape[1]
     for i in range(size):
         row = affine[t, 0] + i * affine[t, 1]  # the source pixel of output pixel (i, 0)
@@ -100,8 +93,7 @@ def _each_tile_over_threads(x, transforms, affine, scale, shift, out):
 @functools.cache
 def compiled_passes() -> tuple:
     """`_each_tile` and `_each_tile_over_threads` compiled for SIGNATURES: numba's code cached on disk,
-    or compiled (seconds) and cached. A cache file numba cannot read is compiled afresh and written
-    again, with one warning."""
+    or compiled (seconds) and cached; a cache file numba cannot read is compiled afresh, with one warning."""
     if numba.config.DISABLE_JIT:
         raise RuntimeError("NUMBA_DISABLE_JIT is set")
     passes = (_each_tile, _each_tile_over_threads)

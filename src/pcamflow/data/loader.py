@@ -1,12 +1,9 @@
 """The input loader: seeded, resumable batches of uint8 tiles from the prepared store, each gathered
-with one fancy-indexing call (no per-sample Python, no PIL, no HDF5). `pcamflow.data.transforms`
-turns them into the model's input.
-"""
+with one fancy-indexing call (no per-sample Python, no PIL, no HDF5)."""
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,21 +14,15 @@ import torch
 from pcamflow.data.store import Split
 from pcamflow.errors import PcamflowError
 
-log = logging.getLogger(__name__)
-
-# `device_resident: auto` keeps the train split on a CUDA device when it takes at most this share of
-# the memory free there at the start: the rest is left to the model, its activations and the optimizer
-RESIDENT_SHARE = 0.5
 RESIDENT_COPY_TILES = 8192  # tiles per host-to-device chunk (about 226 MB) when the split is copied over
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 tiles (B, 96, 96, 3), int64 labels (B,)
 
 
 class BatchLoader:
     """Batches (uint8 tiles, int64 labels) on `device`; iterating runs the rest of the current epoch
-    (a new one when none is in progress). `resident`: the whole split lives on `device` and a batch is
-    one gather there. Otherwise a batch is gathered from the (possibly memory-mapped) host array and,
-    with `prefetch` (default: on CUDA), gathered and copied on a side stream while the caller uses the
-    one before. Every path gives the same batches, bit for bit.
+    (a new one when none is in progress). A batch is one gather: on `device` when `resident` (the whole
+    split lives there), else from the host array, with `prefetch` (default: on CUDA) ahead on a side
+    stream while the caller uses the batch before. Every path gives the same batches, bit for bit.
 
     The state is the generator state at the start of the epoch plus the batches handed out: a batch's
     indices are fixed when its epoch starts, so a restored loader yields exactly the remaining ones.
@@ -43,7 +34,6 @@ class BatchLoader:
         batch_size: int,
         *,
         seed: int,
-        shuffle: bool = True,
         balanced: bool = False,
         drop_last: bool = False,
         device: str | torch.device = "cpu",
@@ -61,7 +51,6 @@ class BatchLoader:
             self._y_device = torch.from_numpy(self.y).to(self.device)
         self.prefetch = (self.device.type == "cuda") if prefetch is None else prefetch
         self.batch_size = batch_size
-        self.shuffle = shuffle
         self.balanced = balanced
         self.drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -69,7 +58,6 @@ class BatchLoader:
         self.position = 0  # batches handed out in the current epoch
         self._epoch_start_state: torch.Tensor | None = None  # set while an epoch is in progress
         self._order: np.ndarray | None = None  # this epoch's sample indices
-        self._weights = _balanced_weights(torch.from_numpy(self.y)) if balanced else None
 
     def __len__(self) -> int:
         n = len(self.y)
@@ -113,33 +101,29 @@ class BatchLoader:
     def _start_epoch(self) -> None:
         self._epoch_start_state = self.generator.get_state()
         n = len(self.y)
-        if self.balanced:
-            order = torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
-        elif self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
+        if self.balanced:  # each sample weighs 1 / (count of its class): every class is drawn equally often
+            weights = torch.from_numpy(1.0 / np.bincount(self.y, minlength=2).clip(min=1)[self.y])
+            order = torch.multinomial(weights, n, replacement=True, generator=self.generator)
         else:
-            order = torch.arange(n)
+            order = torch.randperm(n, generator=self.generator)
         self._order = _sorted_per_batch(order.numpy(), self.batch_size)
-        self.position = 0
 
     def _batch(self, k: int) -> slice:
         """Batch k's run of this epoch's order."""
         return slice(k * self.batch_size, (k + 1) * self.batch_size)
 
     def _host_batch(self, k: int, stream: torch.cuda.Stream | None = None) -> Batch:
-        """Batch k gathered on the host; for a CUDA device into pinned memory, then copied there
-        without blocking (on `stream` when given)."""
+        """Batch k gathered on the host, for a CUDA device into pinned memory and copied on `stream`."""
         idx = self._order[self._batch(k)]
         y = torch.from_numpy(self.y[idx])
         cuda = self.device.type == "cuda"
         shape = (len(idx), *self.x.shape[1:])
         # numpy's empty on a CPU: under deterministic algorithms (the training default) torch's
         # empty first fills the memory, slowly (8 ms for 128 tiles), and the gather overwrites it all
-        x = (
-            torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            if cuda
-            else torch.from_numpy(np.empty(shape, np.uint8))
-        )
+        if cuda:
+            x = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+        else:
+            x = torch.from_numpy(np.empty(shape, np.uint8))
         np.take(self.x, idx, axis=0, out=x.numpy(), mode="clip")  # clip: no bounds-check buffer
         if not cuda:
             return x, y
@@ -178,45 +162,9 @@ class BatchLoader:
 def _sorted_per_batch(order: np.ndarray, batch_size: int) -> np.ndarray:
     """The epoch's order with each batch's indices sorted: a batch then reads a memory-mapped file
     front to back. Which tiles form each batch is unchanged; numpy, so a batch costs no torch calls."""
-    order = order.copy()
     full = len(order) // batch_size * batch_size
-    order[:full] = np.sort(order[:full].reshape(-1, batch_size), axis=1).reshape(-1)
-    order[full:] = np.sort(order[full:])
-    return order
-
-
-def _balanced_weights(y: torch.Tensor) -> torch.Tensor:
-    """Per-sample weights 1 / (count of its class): every class is drawn equally often."""
-    counts = torch.bincount(y, minlength=2).double()
-    return (1.0 / counts.clamp(min=1))[y]
-
-
-def resident_fits(nbytes: int, free_bytes: int) -> bool:
-    """The fit rule of `device_resident: auto`: the split takes at most RESIDENT_SHARE of the free memory."""
-    return nbytes <= RESIDENT_SHARE * free_bytes
-
-
-def device_resident(setting: bool | str, split: Split, device: str | torch.device) -> bool:
-    """Whether training keeps `split` on `device` (`training.device_resident`: auto, true, false)."""
-    device = torch.device(device)
-    if setting != "auto":
-        log.info("input: %s (device_resident %s)", "device-resident" if setting else "host gathers", setting)
-        return bool(setting)
-    if device.type != "cuda":
-        log.info("input: host gathers (device_resident auto: the split stays in host memory on %s)", device)
-        return False
-    nbytes = split.x.nbytes + split.y.nbytes
-    free, _ = torch.cuda.mem_get_info(device)
-    resident = resident_fits(nbytes, free)
-    log.info(
-        "input: %s (device_resident auto: train split %.2f GB, %.2f GB free on %s; resident up to %.0f%%)",
-        "device-resident" if resident else "host gathers, prefetched",
-        nbytes / 1e9,
-        free / 1e9,
-        device,
-        100 * RESIDENT_SHARE,
-    )
-    return resident
+    batches = np.sort(order[:full].reshape(-1, batch_size), axis=1).reshape(-1)
+    return np.concatenate([batches, np.sort(order[full:])])
 
 
 def resident_copy(x: np.ndarray, device: torch.device) -> torch.Tensor:

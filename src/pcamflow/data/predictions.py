@@ -44,22 +44,17 @@ def predict_proba(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     tta: bool = False,
-    amp: str = "none",
-    channels_last: bool = False,
     plain: np.ndarray | None = None,
     cpu_accelerator: str | bool = "auto",
 ) -> np.ndarray:
     """P(positive) for every tile of a uint8 (N, 96, 96, 3) array, in order; tta averages the 8 D4 views.
-    `plain`: this model's tta=False result on these tiles, when the caller has it: view 0 is not
-    predicted again."""
-    transform = BatchTransform(
-        stats, device=device, augment=False, channels_last=channels_last, cpu_accelerator=cpu_accelerator
-    )
+    `plain`: the caller's tta=False result of this model on these tiles, used as view 0 (one pass less)."""
+    transform = BatchTransform(stats, device=device, augment=False, cpu_accelerator=cpu_accelerator)
 
     def view_proba(view: int) -> torch.Tensor:
         if view == 0 and plain is not None:
             return torch.from_numpy(np.asarray(plain, dtype=np.float64))
-        logits = predict_logits(model, x_uint8_array, transform, batch_size=batch_size, amp=amp, d4=view)
+        logits = predict_logits(model, x_uint8_array, transform, batch_size=batch_size, d4=view)
         chunks = [torch.softmax(batch, dim=1)[:, 1].cpu() for batch in logits]
         return torch.cat(chunks).double() if chunks else torch.zeros(0, dtype=torch.float64)
 

@@ -1,9 +1,6 @@
-"""The input transform: uint8 NHWC tiles -> the model's input, normalised float32 NCHW, in torch ops.
-
-One small function per operation, as torchvision's and timm's transforms. These torch ops are the
-reference: they run on CUDA, in the exported model (`torch.export` traces `BatchTransform`) and on a
-CPU whenever the compiled pass (`pcamflow.data.cpu_accelerator`, the same values bit for bit) is off
-or cannot run.
+"""The input transform in torch ops, one small function per operation (as torchvision's and timm's):
+the reference, run on CUDA, in the exported model (`torch.export` traces `BatchTransform`) and on a
+CPU when the compiled pass (`cpu_accelerator`, bit for bit the same values) is off or cannot run.
 
 D4 is the group of the 8 symmetries of a square tile: element t flips the columns when t >= 4, then
 rotates by 90 degrees t % 4 times. Training draws one element per tile, and optional colour jitter,
@@ -68,29 +65,20 @@ def normalise_(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tor
     return x.mul_(scale.view(1, -1, 1, 1)).add_(shift.view(1, -1, 1, 1))
 
 
-def color_jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Float NCHW tiles (0..255) with per-tile brightness and saturation factors ((2, B, 1, 1, 1));
-    values stay in 0..255."""
+def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Float NCHW tiles (0..255) times per-tile brightness and saturation factors in
+    [1 - strength, 1 + strength], drawn on the CPU; values stay in 0..255."""
+    factors = 1 + strength * (2 * torch.rand((2, len(x), 1, 1, 1), generator=generator) - 1)
     brightness, saturation = factors.to(x.device)
     x = x * brightness
     gray = x.mean(dim=1, keepdim=True)
     return (gray + (x - gray) * saturation).clamp_(0, 255)
 
 
-def draw_d4(n: int, generator: torch.Generator | None) -> torch.Tensor:
-    """One D4 element per tile, (n,) int64 on the CPU."""
-    return torch.randint(0, D4_SIZE, (n,), generator=generator)
-
-
-def draw_jitter(n: int, strength: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Brightness and saturation factors in [1 - strength, 1 + strength], (2, n, 1, 1, 1) on the CPU."""
-    return 1 + strength * (2 * torch.rand((2, n, 1, 1, 1), generator=generator) - 1)
-
-
 class BatchTransform:
-    """uint8 NHWC tiles -> float32 NCHW on `device`, normalised with the store's train-only statistics
-    (`store.load_stats`), augmented in training only. `cpu_accelerator` (`training.cpu_accelerator`):
-    `auto` runs the D4 view, conversion and normalisation on a CPU as one compiled pass when it can."""
+    """uint8 NHWC tiles -> the model's input, float32 NCHW on `device`, normalised with the store's
+    train-only statistics (`store.load_stats`), augmented in training only. `cpu_accelerator` auto
+    (`training.cpu_accelerator`): the D4 view, conversion and normalisation as one compiled CPU pass."""
 
     def __init__(
         self,
@@ -123,13 +111,11 @@ class BatchTransform:
         if h != w or c != CHANNELS:
             raise ValueError(f"expected square RGB tiles (B, H, H, {CHANNELS}), got {tuple(x_uint8.shape)}")
         x = x_uint8.to(self.device, non_blocking=True)
-        transforms = draw_d4(b, generator) if train and self.augment else None
-        if train and self.color_jitter > 0:
-            # jitter works on 0..255 values, so normalisation waits until after it
-            jitter = draw_jitter(b, self.color_jitter, generator)
-            out = normalise_(color_jitter(self._float(x, transforms), jitter), self.scale, self.shift)
-        else:
-            out = self._float(x, transforms, normalise=True)
+        transforms = torch.randint(0, D4_SIZE, (b,), generator=generator) if train and self.augment else None
+        jitter = train and self.color_jitter > 0
+        out = self._float(x, transforms, normalise=not jitter)  # jitter works on 0..255: normalised after it
+        if jitter:
+            out = normalise_(color_jitter(out, self.color_jitter, generator), self.scale, self.shift)
         return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
 
     __call__ = to_input

@@ -36,13 +36,13 @@ import torch
 
 from pcamflow import provenance
 from pcamflow.config import validate_section, validate_training
-from pcamflow.data.loader import BatchLoader, device_resident
+from pcamflow.data.loader import BatchLoader
 from pcamflow.data.predictions import autocast
 from pcamflow.data.store import Split, load_split, load_stats
 from pcamflow.data.transforms import BatchTransform
 from pcamflow.errors import PcamflowError, check_output_file, first_line
 from pcamflow.io import now_iso, write_csv
-from pcamflow.training.device import configure_determinism
+from pcamflow.training.device import configure_determinism, device_resident
 from pcamflow.training.models import MODELS, build_model
 from pcamflow.training.step import build_step_parts, train_step
 

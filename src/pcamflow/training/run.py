@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pcamflow.data.loader import BatchLoader, device_resident
+from pcamflow.data.loader import BatchLoader
 from pcamflow.data.staging import stage_prepared
 from pcamflow.data.store import Split, load_split, load_stats, verify_store
 from pcamflow.data.transforms import BatchTransform
@@ -15,6 +15,7 @@ from pcamflow.training.device import (
     check_amp,
     configure_determinism,
     derived_seeds,
+    device_resident,
     resolve_device,
     seed_everything,
 )
