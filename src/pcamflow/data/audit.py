@@ -49,6 +49,7 @@ HASH_DTYPE = np.dtype("S16")  # XXH3-128 of a cleaned tile's bytes
 # pcamflows are refused by name, never compared (no duplicate would match).
 HASH_FILE_DTYPE = np.dtype([("xxh3_128", HASH_DTYPE)])
 CHANNELS = ("R", "G", "B")
+VALUE_FAULTS = ("nan", "inf", "out_of_range")  # faults also counted by value, not only by tile
 
 
 @dataclass
@@ -110,9 +111,6 @@ def audit_split(
             "block_size": block_size,
         }
     return AuditResult(report=report, hashes=hashes)
-
-
-VALUE_FAULTS = ("nan", "inf", "out_of_range")  # faults also counted by value, not only by tile
 
 
 @dataclass
