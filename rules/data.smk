@@ -48,6 +48,7 @@ rule audit:
         BENCHMARKS / "audit" / "{split}.tsv"
     conda:
         CONDA_ENV
+    threads: 2  # tiles are checked in two threads; the audit does not depend on the thread count
     params:
         # what the audit's result depends on; audit.block_size (memory only) is read from the config
         # by the script, since a changed param would rerun every audit, prepare and training job

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import xxhash
 from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_split
 
@@ -17,6 +18,7 @@ from pcamflow.data.audit import (
     audit_split,
     cross_split_duplicates,
     load_hashes,
+    save_hashes,
     tile_hash,
 )
 from pcamflow.data.download import record_path
@@ -72,22 +74,36 @@ def test_audit_reports_dtype_size_and_the_reason_for_it(tmp_path):
     assert "4x the uint8 size" in report["size"]["reason"]
 
 
-def test_audit_reports_files_md5_class_balance_and_meta(tmp_path):
+def test_audit_reports_files_checksums_class_balance_and_meta(tmp_path):
     x_path, y_path, _ = faulty_split(tmp_path)
     report = audit(x_path, y_path).report
-    assert report["files"]["md5"]["x"] == hashlib.md5(x_path.read_bytes()).hexdigest()
-    assert report["files"]["md5"]["y"] == hashlib.md5(y_path.read_bytes()).hexdigest()
+    assert report["files"]["xxh128"]["x"] == xxhash.xxh3_128_hexdigest(x_path.read_bytes())
+    assert report["files"]["xxh128"]["y"] == xxhash.xxh3_128_hexdigest(y_path.read_bytes())
     assert report["class_balance"] == {"0": 17, "1": 3, "positive_fraction": 0.15}
     assert report["files"]["meta"]["found"] is False
     (tmp_path / "camelyonpatch_level_2_split_train_meta.csv").write_text("coord_y,coord_x\n")
     assert audit(x_path, y_path).report["files"]["meta"]["found"] is True
 
 
-def test_audit_does_not_depend_on_the_block_size(tmp_path):
-    x_path, y_path, _ = faulty_split(tmp_path)
-    small, whole = audit(x_path, y_path, block_size=3), audit(x_path, y_path, block_size=1000)
-    np.testing.assert_array_equal(small.hashes, whole.hashes)
-    assert {**small.report, "block_size": 0} == {**whole.report, "block_size": 0}
+def uint8_split(tmp_path):
+    """20 uint8 tiles: black at 6, white at 7, one duplicate pair; returns (x, y) paths."""
+    x = random_tiles(20, seed=1)
+    x[6], x[7], x[9] = 0, 255, x[8]
+    return write_split(tmp_path, "train", x, np.array([1, 1, 1] + [0] * 17, np.uint8))
+
+
+@pytest.mark.parametrize("split", [faulty_split, uint8_split])
+def test_audit_does_not_depend_on_the_block_size_or_the_thread_count(tmp_path, split):
+    x_path, y_path = split(tmp_path)[:2]
+    whole = audit(x_path, y_path, block_size=1000, threads=1)
+    assert whole.report["duplicates"]["groups"] == [DUPLICATE_PAIR]
+    assert whole.report["faults"]["black"]["indices"] == [6] and whole.report["faults"]["white"][
+        "indices"
+    ] == [7]
+    for block_size, threads in ((3, 1), (3, 2), (7, 3), (1000, 2)):
+        other = audit(x_path, y_path, block_size=block_size, threads=threads)
+        np.testing.assert_array_equal(other.hashes, whole.hashes)
+        assert {**other.report, "block_size": 0} == {**whole.report, "block_size": 0}
 
 
 def test_clean_uint8_split_has_no_faults(tmp_path):
@@ -109,23 +125,33 @@ def test_hash_is_of_the_cleaned_tile(tmp_path):
     stored = np.array([tile_hash(tile)], dtype=HASH_DTYPE)[0]  # as stored: numpy drops trailing NULs
     assert hashes[0] == hashes[1] == stored
     assert tile_hash(tile) != tile_hash(random_tiles(1, seed=5)[0])
-    assert tile_hash(tile) == hashlib.sha256(tile.tobytes()).digest()
+    assert tile_hash(tile) == xxhash.xxh3_128_digest(tile.tobytes())
 
 
-def test_hash_files_of_an_older_pcamflow_are_refused_not_compared(tmp_path):
+@pytest.mark.parametrize(("dtype", "algorithm"), [("S16", "blake2b"), ("S32", "sha256")])
+def test_hash_files_of_an_older_pcamflow_are_refused_not_compared(tmp_path, dtype, algorithm):
     old = tmp_path / "train_hashes.npy"
-    np.save(old, np.array([b"0123456789abcdef"], dtype="S16"))  # blake2b-128, as before sha256
-    with pytest.raises(PcamflowError, match=r"train_hashes\.npy: tile hashes of an older pcamflow.*rerun"):
+    np.save(old, np.array([b"0123456789abcdef"], dtype=dtype))
+    with pytest.raises(
+        PcamflowError, match=rf"train_hashes\.npy: tile hashes of an older pcamflow \({algorithm}\).*rerun"
+    ):
         load_hashes(old)
 
 
-def test_an_md5_failure_reaches_the_caller(tmp_path, monkeypatch):
+def test_hash_files_keep_every_hash_and_name_their_algorithm(tmp_path):
+    hashes = np.array([tile_hash(tile) for tile in random_tiles(50)], dtype=HASH_DTYPE)
+    save_hashes(tmp_path / "h.npy", hashes)
+    assert np.load(tmp_path / "h.npy").dtype.names == ("xxh3_128",)
+    np.testing.assert_array_equal(load_hashes(tmp_path / "h.npy"), hashes)
+
+
+def test_a_checksum_failure_reaches_the_caller(tmp_path, monkeypatch):
     x_path, y_path, _ = faulty_split(tmp_path)
 
     def unreadable(path):
         raise PcamflowError(f"{path}: cannot read")
 
-    monkeypatch.setattr(audit_module, "md5sum", unreadable)
+    monkeypatch.setattr(audit_module, "file_digest", lambda path, algorithm: unreadable(path))
     with pytest.raises(PcamflowError, match="train_x.h5: cannot read"):
         audit(x_path, y_path)
 
@@ -201,18 +227,32 @@ def test_audit_finds_every_fault_the_generator_planted(tmp_path):
         assert planted and {tuple(g) for g in results[split].report["duplicates"]["groups"]} == planted
 
 
-def test_audit_says_whether_each_md5_traces_back_to_a_published_one(tmp_path):
+def test_audit_says_whether_each_file_traces_back_to_a_published_md5(tmp_path):
     x_path, y_path, _ = faulty_split(tmp_path)
-    x_md5 = hashlib.md5(x_path.read_bytes()).hexdigest()
     # x as pcamflow's download leaves it: a record beside it, its .gz checked against Zenodo's md5
     record = {
         "url": "https://example.org/x.h5.gz",
         "gz_md5": "a" * 32,
         "gz_md5_published": True,
-        "h5_md5": x_md5,
+        "h5_xxh128": xxhash.xxh3_128_hexdigest(x_path.read_bytes()),
     }
     record_path(x_path).write_text(json.dumps(record))
     provenance = audit(x_path, y_path).report["files"]["provenance"]
     assert provenance["x"]["matches_published"] is True
     assert provenance["y"]["matches_published"] is None  # no record: a copy from elsewhere
     assert "no download record" in provenance["y"]["how"]
+    record["h5_xxh128"] = "0" * 32  # the file changed since
+    record_path(x_path).write_text(json.dumps(record))
+    provenance = audit(x_path, y_path).report["files"]["provenance"]
+    assert provenance["x"]["matches_published"] is False
+    assert "changed since it was downloaded (xxh128 then 000" in provenance["x"]["how"]
+
+
+def test_a_download_record_of_an_older_pcamflow_is_checked_by_its_md5(tmp_path):
+    x_path, y_path, _ = faulty_split(tmp_path)
+    record = {"url": "u", "gz_md5": "a" * 32, "gz_md5_published": True}
+    for h5_md5, traces in ((hashlib.md5(x_path.read_bytes()).hexdigest(), True), ("0" * 32, False)):
+        record_path(x_path).write_text(json.dumps({**record, "h5_md5": h5_md5}))  # no h5_xxh128
+        provenance = audit(x_path, y_path).report["files"]["provenance"]["x"]
+        assert provenance["matches_published"] is traces
+    assert "md5 then 000" in provenance["how"]

@@ -217,14 +217,18 @@ def test_blocks_ask_the_disk_for_exactly_the_next_blocks_bytes(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_blocks_read_into_one_reused_array_hold_the_same_tiles(tmp_path, dtype):
+def test_blocks_read_into_buffers_in_turn_hold_the_same_tiles(tmp_path, dtype):
     x = random_tiles(10, dtype=dtype)
     x_path, _ = write_split(tmp_path, "train", x, alternating_labels(10))
-    with open_tiles(x_path) as raw:
-        seen = [(start, block.copy(), block.base) for start, block in raw.blocks(4, reuse=True)]
-    assert [start for start, _, _ in seen] == [0, 4, 8]
-    np.testing.assert_array_equal(np.concatenate([block for _, block, _ in seen]), x)
-    assert seen[0][2] is not None and all(base is seen[0][2] for _, _, base in seen)  # one array
+    for buffers in (1, 2):
+        with open_tiles(x_path) as raw:
+            seen = [(start, block.copy(), block.base) for start, block in raw.blocks(4, buffers=buffers)]
+        assert [start for start, _, _ in seen] == [0, 4, 8]
+        np.testing.assert_array_equal(np.concatenate([block for _, block, _ in seen]), x)
+        bases = [base for _, _, base in seen]
+        assert all(base is not None for base in bases)
+        assert len({id(base) for base in bases}) == buffers  # block k + buffers reuses block k's array
+        assert all(bases[k] is bases[k + buffers] for k in range(len(bases) - buffers))
 
 
 def test_chunked_tiles_are_read_without_a_hint(tmp_path, monkeypatch):
@@ -248,11 +252,12 @@ def test_channel_histograms_count_each_value_per_channel():
 
 def test_channel_histograms_match_numpy_counts_on_any_layout_of_tiles():
     tiles = np.random.default_rng(3).integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)
-    for view in (tiles, tiles[::2], tiles[:, ::-1]):  # contiguous, strided, reversed rows
+    many = np.random.default_rng(4).integers(0, 256, (200, 96, 96, 3), dtype=np.uint8)  # several images
+    for view in (tiles, tiles[::2], tiles[:, ::-1], many):  # contiguous, strided, reversed rows
         expected = [np.bincount(view[..., c].ravel(), minlength=256) for c in range(3)]
         np.testing.assert_array_equal(channel_histograms(view), expected)
     assert channel_histograms(tiles[:0]).tolist() == np.zeros((3, 256), int).tolist()
-    with pytest.raises(ValueError, match="counts cleaned uint8 tiles, got float32"):
+    with pytest.raises(ValueError, match="counts cleaned uint8 RGB tiles, got float32"):
         channel_histograms(tiles.astype(np.float32))  # never their bytes read as if uint8
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from pcamflow.errors import disk_full_cause
 
@@ -97,12 +98,19 @@ def write_csv(path: str | os.PathLike, frame) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 20) -> str:
-    """Hex digest of a file, read in chunks (never whole in memory)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
+def new_digest(algorithm: str):
+    """A hashlib-style digest object: hashlib's algorithms, and "xxh128" (XXH3-128, what `xxh128sum`
+    prints), which is 40x faster than md5 here and checks the raw PCAM files (see data/audit.py)."""
+    return xxhash.xxh3_128() if algorithm == "xxh128" else hashlib.new(algorithm)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 8 << 20) -> str:
+    """Hex digest of a file, read in chunks into one reused buffer (never whole in memory)."""
+    digest = new_digest(algorithm)
+    buffer = memoryview(bytearray(chunk))
+    with open(path, "rb", buffering=0) as fh:
+        while size := fh.readinto(buffer):
+            digest.update(buffer[:size])
     return digest.hexdigest()
 
 
@@ -112,6 +120,10 @@ def md5sum(path: str | os.PathLike) -> str:
 
 def sha256sum(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
+
+
+def xxh128sum(path: str | os.PathLike) -> str:
+    return file_digest(path, "xxh128")
 
 
 def _umask() -> int:

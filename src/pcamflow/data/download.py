@@ -4,7 +4,7 @@ Each `.h5.gz` is streamed to a hidden `.part` file beside its target, resumed wi
 request after an interruption, checked against its published md5, then gunzipped as a stream to
 a temporary name and renamed onto the `.h5`: a target either exists whole or not at all, and
 memory use stays at one block whatever the file size. A small JSON beside each `.h5` records
-where it came from and the md5 of both the `.gz` and the `.h5`.
+where it came from, the md5 of the `.gz` and the xxh128 of the `.h5` (the checksum the audit takes).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from pcamflow import constants
 from pcamflow.errors import PcamflowError
-from pcamflow.io import atomic_path, md5sum, now_iso, read_json, write_json
+from pcamflow.io import atomic_path, md5sum, new_digest, now_iso, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +105,19 @@ def download_file(
             f"{h5_path.name}.gz from {url}: md5 {gz_md5} does not match the expected {expected}; "
             "the download was removed"
         )
-    h5_md5 = gunzip(part, h5_path)
+    h5_xxh128 = gunzip(part, h5_path)
     part.unlink()
     record = {
         "file": h5_path.name,
         "url": url,
         "gz_md5": gz_md5,
         "gz_md5_published": gz_md5 == constants.GZ_MD5[file_key(split, kind)],
-        "h5_md5": h5_md5,
+        "h5_xxh128": h5_xxh128,
         "h5_bytes": h5_path.stat().st_size,
         "downloaded_at": now_iso(),
     }
     write_json(record_path(h5_path), record)
-    log.info("%s: verified (gz md5 %s), h5 md5 %s", h5_path.name, gz_md5, h5_md5)
+    log.info("%s: verified (gz md5 %s), h5 xxh128 %s", h5_path.name, gz_md5, h5_xxh128)
     return record
 
 
@@ -231,8 +231,8 @@ def _md5_of_prefix(path: Path, length: int):
 
 
 def gunzip(gz_path: Path, h5_path: Path) -> str:
-    """Decompress gz_path onto h5_path as a stream (temporary name, then rename); return the h5 md5."""
-    digest = hashlib.md5()
+    """Decompress gz_path onto h5_path as a stream (temporary name, then rename); return the h5 xxh128."""
+    digest = new_digest("xxh128")
     try:
         with atomic_path(h5_path) as tmp, gzip.open(gz_path, "rb") as src, open(tmp, "wb") as out:
             for block in iter(lambda: src.read(CHUNK), b""):
@@ -246,8 +246,8 @@ def gunzip(gz_path: Path, h5_path: Path) -> str:
 # ---- what is known about files already on disk ----
 
 
-def checksum_provenance(h5_path: str | os.PathLike, h5_md5: str) -> dict:
-    """Whether an .h5 (with md5 h5_md5, as the audit computed it) traces back to a published md5.
+def checksum_provenance(h5_path: str | os.PathLike, h5_xxh128: str) -> dict:
+    """Whether an .h5 (with xxh128 h5_xxh128, as the audit computed it) traces back to a published md5.
 
     Zenodo publishes md5s of the .gz files only, so an .h5 traces back only when this module
     downloaded it (from a .gz that matched) and it has not changed since.
@@ -261,11 +261,9 @@ def checksum_provenance(h5_path: str | os.PathLike, h5_md5: str) -> dict:
             "download record beside it: a copy from elsewhere, used as it is",
         }
     recorded = read_json(record)
-    if recorded.get("h5_md5") != h5_md5:
-        return {
-            "matches_published": False,
-            "how": f"changed since it was downloaded (md5 then {recorded.get('h5_md5')}, now {h5_md5})",
-        }
+    changed = _changed_since_download(h5_path, recorded, h5_xxh128)
+    if changed:
+        return {"matches_published": False, "how": f"changed since it was downloaded ({changed})"}
     if not recorded.get("gz_md5_published"):
         return {
             "matches_published": False,
@@ -276,6 +274,16 @@ def checksum_provenance(h5_path: str | os.PathLike, h5_md5: str) -> dict:
         "matches_published": True,
         "how": f"downloaded from {recorded.get('url')}; its .gz matched the published md5 {recorded['gz_md5']}",
     }
+
+
+def _changed_since_download(h5_path: Path, recorded: dict, h5_xxh128: str) -> str | None:
+    """How the .h5 differs from what its download record says, or None. A record of a pcamflow
+    before 2026-12 holds the .h5's md5 only: that file is hashed again with md5 to compare."""
+    if "h5_xxh128" in recorded:
+        then, now, algorithm = recorded["h5_xxh128"], h5_xxh128, "xxh128"
+    else:
+        then, now, algorithm = recorded.get("h5_md5"), md5sum(h5_path), "md5"
+    return None if then == now else f"{algorithm} then {then}, now {now}"
 
 
 # ---- meta CSVs (best effort: no md5 is published for them) ----

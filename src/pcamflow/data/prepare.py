@@ -22,7 +22,7 @@ import numpy as np
 
 from pcamflow import constants
 from pcamflow.config import validate_section
-from pcamflow.data.audit import CHANNELS, audit_split, cross_split_duplicates
+from pcamflow.data.audit import CHANNELS, FILE_CHECKSUM, audit_split, cross_split_duplicates
 from pcamflow.data.rawdata import (
     RawTiles,
     channel_histograms,
@@ -264,7 +264,7 @@ def _write_split(
         x_file = array_path(tmp, split, "x")
         writer = NpyStreamWriter(x_file, (len(index), *constants.TILE_SHAPE), np.uint8)
         try:
-            for start, block in raw.blocks(block_size, reuse=True):
+            for start, block in raw.blocks(block_size, buffers=1):
                 stop = start + len(block)
                 cleaned, keep = clean_tiles(block, in_place=True), plan.keep[start:stop]
                 del block
@@ -317,7 +317,7 @@ def _manifest(digests: dict[str, str], audits: dict[str, dict]) -> dict:
     return {
         "checksum": combined_checksum(files),
         "files": files,
-        "source_md5": {split: audit["files"]["md5"] for split, audit in audits.items()},
+        f"source_{FILE_CHECKSUM}": {split: audit["files"][FILE_CHECKSUM] for split, audit in audits.items()},
     }
 
 
