@@ -48,7 +48,9 @@ rule audit:
         BENCHMARKS / "audit" / "{split}.tsv"
     conda:
         CONDA_ENV
-    threads: 2  # tiles are checked in two threads; the audit does not depend on the thread count
+    # tiles are checked in two threads for the training split, which holds 8x the tiles of the others,
+    # while valid and test share the other cores; the audit does not depend on the thread count
+    threads: lambda wildcards: 2 if wildcards.split == "train" else 1
     params:
         # what the audit's result depends on; audit.block_size (memory only) is read from the config
         # by the script, since a changed param would rerun every audit, prepare and training job
