@@ -71,9 +71,9 @@ def audit_split(
     """Audit one split, reading x in blocks of block_size tiles (never the whole file).
 
     `threads` threads check each block's tiles (numpy, Pillow and xxhash release the GIL) while the
-    next block is read, and one more checksums the files: PCAM's training split in 2.0x the time of
-    reading it cold instead of 3.6x (2 cores, benchmarks/scale.py). The results do not depend on
-    the thread count.
+    next block is read, and one more checksums the files: PCAM's training split in 1.5x to 2.0x the
+    time of reading it cold instead of 3.1x to 3.6x (2 cores, benchmarks/scale.py). The results do
+    not depend on the thread count.
     """
     split = split or split_of(x_path)
     with open_split(x_path, y_path) as raw, ThreadPoolExecutor(max(1, threads)) as pool:
