@@ -30,7 +30,7 @@ from pcamflow.data.download import (
     record_path,
 )
 from pcamflow.errors import PcamflowError
-from pcamflow.io import xxh128sum
+from pcamflow.io import file_digest
 
 SIZES = {"train": 12, "valid": 4, "test": 4}
 FILES = [(s, k) for s in constants.SPLITS for k in ("x", "y")]
@@ -144,7 +144,7 @@ def test_happy_path_downloads_verifies_and_gunzips_all_six(server, pcam_gz, tmp_
     for name, (h5, gz) in pcam_gz.items():
         assert (tmp_path / name).read_bytes() == h5
         record = yaml.safe_load(record_path(tmp_path / name).read_text())
-        assert record["h5_xxh128"] == xxh128sum(tmp_path / name)
+        assert record["h5_xxh128"] == file_digest(tmp_path / name, "xxh128")
         assert record["gz_md5"] == hashlib.md5(gz).hexdigest()
     # nothing but the six files and their records: no .part or temporary files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
@@ -274,10 +274,14 @@ def test_checksum_provenance(server, pcam_gz, tmp_path):
     download_file(tmp_path, "test", "y", overridden, progress=False)
     h5 = tmp_path / name
 
-    assert checksum_provenance(h5, xxh128sum(h5))["matches_published"] is False  # md5 came from an override
+    assert (
+        checksum_provenance(h5, file_digest(h5, "xxh128"))["matches_published"] is False
+    )  # md5 came from an override
     assert "changed since" in checksum_provenance(h5, "f" * 32)["how"]
     record_path(h5).unlink()
-    assert checksum_provenance(h5, xxh128sum(h5))["matches_published"] is None  # a copy from elsewhere
+    assert (
+        checksum_provenance(h5, file_digest(h5, "xxh128"))["matches_published"] is None
+    )  # a copy from elsewhere
 
 
 def test_meta_csvs_are_best_effort(server, pcam_gz, tmp_path):

@@ -18,6 +18,8 @@ PLANTED_FILE = "planted.json"  # what the synthetic generator planted, beside it
 FULL_SIZES = {"train": 262_144, "valid": 32_768, "test": 32_768}
 COURSE_TRAIN_SIZE = 157_286
 ZENODO_RECORD = 2546921
+# The checksum of each raw .h5 (as `xxh128sum` prints it): in its download record and its audit.
+RAW_CHECKSUM = "xxh128"
 # MD5 of the published .gz files (the upstream README swaps valid and test).
 GZ_MD5 = {
     "train_x": "1571f514728f59376b705fc836ff4b63",

@@ -122,10 +122,6 @@ def sha256sum(path: str | os.PathLike) -> str:
     return file_digest(path, "sha256")
 
 
-def xxh128sum(path: str | os.PathLike) -> str:
-    return file_digest(path, "xxh128")
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -43,7 +43,6 @@ from pcamflow.io import atomic_path, file_digest, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-FILE_CHECKSUM = "xxh128"  # of each raw file, as `xxh128sum` prints it
 HASH_DTYPE = np.dtype("S16")  # XXH3-128 of a cleaned tile's bytes
 # A hash file's one field names the algorithm: the S32 (sha256) and S16 (blake2b) files of older
 # pcamflows are refused by name, never compared (no duplicate would match).
@@ -75,8 +74,8 @@ def audit_split(
     time of reading it cold instead of 3.1x to 3.6x (2 cores, benchmarks/scale.py). The results do
     not depend on the thread count.
     """
-    split = split or split_of(x_path)
-    with open_split(x_path, y_path) as raw, ThreadPoolExecutor(max(1, threads)) as pool:
+    split, threads = split or split_of(x_path), max(1, threads)
+    with open_split(x_path, y_path) as raw, ThreadPoolExecutor(threads) as pool:
         checksums = _checksums_in_background({"x": raw.x_path, "y": raw.y_path})
         n = len(raw)
         flags = {fault: np.zeros(n, dtype=bool) for fault in FAULTS}
@@ -86,9 +85,7 @@ def audit_split(
         # two buffers: block k is read while block k-1's tiles are checked (then k+1 reuses its buffer)
         for start, block in raw.blocks(block_size, buffers=2):
             parts += [future.result() for future in pending]
-            pending = [
-                pool.submit(check, tiles, start + offset) for offset, tiles in _shares(block, max(1, threads))
-            ]
+            pending = [pool.submit(check, tiles, start + offset) for offset, tiles in _shares(block, threads)]
             log.info("audit %s: %d/%d tiles", split or raw.x_path.name, start + len(block), n)
         parts += [future.result() for future in pending]
         report = {
@@ -341,7 +338,9 @@ def _checksums_in_background(paths: dict[str, Path]) -> Callable[[], dict[str, s
 
     def digest_all() -> None:
         try:
-            done["digests"] = {kind: file_digest(path, FILE_CHECKSUM) for kind, path in paths.items()}
+            done["digests"] = {
+                kind: file_digest(path, constants.RAW_CHECKSUM) for kind, path in paths.items()
+            }
         except BaseException as err:  # handed to the waiting caller
             done["error"] = err
 
@@ -362,7 +361,7 @@ def _files(raw: RawSplit, split: str | None, checksums: dict[str, str]) -> dict:
     return {
         "x": str(raw.x_path),
         "y": str(raw.y_path),
-        FILE_CHECKSUM: checksums,
+        constants.RAW_CHECKSUM: checksums,
         # whether each file traces back to Zenodo's published md5 (through pcamflow's download record)
         "provenance": {
             kind: checksum_provenance(path, checksums[kind])

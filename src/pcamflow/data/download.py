@@ -105,19 +105,19 @@ def download_file(
             f"{h5_path.name}.gz from {url}: md5 {gz_md5} does not match the expected {expected}; "
             "the download was removed"
         )
-    h5_xxh128 = gunzip(part, h5_path)
+    h5_checksum = gunzip(part, h5_path)
     part.unlink()
     record = {
         "file": h5_path.name,
         "url": url,
         "gz_md5": gz_md5,
         "gz_md5_published": gz_md5 == constants.GZ_MD5[file_key(split, kind)],
-        "h5_xxh128": h5_xxh128,
+        f"h5_{constants.RAW_CHECKSUM}": h5_checksum,
         "h5_bytes": h5_path.stat().st_size,
         "downloaded_at": now_iso(),
     }
     write_json(record_path(h5_path), record)
-    log.info("%s: verified (gz md5 %s), h5 xxh128 %s", h5_path.name, gz_md5, h5_xxh128)
+    log.info("%s: verified (gz md5 %s), h5 %s %s", h5_path.name, gz_md5, constants.RAW_CHECKSUM, h5_checksum)
     return record
 
 
@@ -231,8 +231,8 @@ def _md5_of_prefix(path: Path, length: int):
 
 
 def gunzip(gz_path: Path, h5_path: Path) -> str:
-    """Decompress gz_path onto h5_path as a stream (temporary name, then rename); return the h5 xxh128."""
-    digest = new_digest("xxh128")
+    """Decompress gz_path onto h5_path as a stream (temporary name, then rename); return its RAW_CHECKSUM."""
+    digest = new_digest(constants.RAW_CHECKSUM)
     try:
         with atomic_path(h5_path) as tmp, gzip.open(gz_path, "rb") as src, open(tmp, "wb") as out:
             for block in iter(lambda: src.read(CHUNK), b""):
@@ -246,8 +246,8 @@ def gunzip(gz_path: Path, h5_path: Path) -> str:
 # ---- what is known about files already on disk ----
 
 
-def checksum_provenance(h5_path: str | os.PathLike, h5_xxh128: str) -> dict:
-    """Whether an .h5 (with xxh128 h5_xxh128, as the audit computed it) traces back to a published md5.
+def checksum_provenance(h5_path: str | os.PathLike, h5_checksum: str) -> dict:
+    """Whether an .h5 (with RAW_CHECKSUM h5_checksum, as the audit computed it) traces back to a published md5.
 
     Zenodo publishes md5s of the .gz files only, so an .h5 traces back only when this module
     downloaded it (from a .gz that matched) and it has not changed since.
@@ -261,7 +261,7 @@ def checksum_provenance(h5_path: str | os.PathLike, h5_xxh128: str) -> dict:
             "download record beside it: a copy from elsewhere, used as it is",
         }
     recorded = read_json(record)
-    changed = _changed_since_download(h5_path, recorded, h5_xxh128)
+    changed = _changed_since_download(h5_path, recorded, h5_checksum)
     if changed:
         return {"matches_published": False, "how": f"changed since it was downloaded ({changed})"}
     if not recorded.get("gz_md5_published"):
@@ -276,11 +276,12 @@ def checksum_provenance(h5_path: str | os.PathLike, h5_xxh128: str) -> dict:
     }
 
 
-def _changed_since_download(h5_path: Path, recorded: dict, h5_xxh128: str) -> str | None:
+def _changed_since_download(h5_path: Path, recorded: dict, h5_checksum: str) -> str | None:
     """How the .h5 differs from what its download record says, or None. A record of a pcamflow
     before 2026-12 holds the .h5's md5 only: that file is hashed again with md5 to compare."""
-    if "h5_xxh128" in recorded:
-        then, now, algorithm = recorded["h5_xxh128"], h5_xxh128, "xxh128"
+    key = f"h5_{constants.RAW_CHECKSUM}"
+    if key in recorded:
+        then, now, algorithm = recorded[key], h5_checksum, constants.RAW_CHECKSUM
     else:
         then, now, algorithm = recorded.get("h5_md5"), md5sum(h5_path), "md5"
     return None if then == now else f"{algorithm} then {then}, now {now}"

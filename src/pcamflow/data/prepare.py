@@ -22,7 +22,7 @@ import numpy as np
 
 from pcamflow import constants
 from pcamflow.config import validate_section
-from pcamflow.data.audit import CHANNELS, FILE_CHECKSUM, audit_split, cross_split_duplicates
+from pcamflow.data.audit import CHANNELS, audit_split, cross_split_duplicates
 from pcamflow.data.rawdata import (
     RawTiles,
     channel_histograms,
@@ -317,7 +317,9 @@ def _manifest(digests: dict[str, str], audits: dict[str, dict]) -> dict:
     return {
         "checksum": combined_checksum(files),
         "files": files,
-        f"source_{FILE_CHECKSUM}": {split: audit["files"][FILE_CHECKSUM] for split, audit in audits.items()},
+        f"source_{constants.RAW_CHECKSUM}": {
+            split: audit["files"][constants.RAW_CHECKSUM] for split, audit in audits.items()
+        },
     }
 
 
