@@ -241,7 +241,9 @@ UNTIL_STOPS_AT_PREFLIGHT = ("train", "plot_grid_point")
 
 def wait_for_preflight():
     """[] once the preflight passed (IncompleteCheckpointException until then), refusing first, in
-    one line, an --until that would stop at the preflight."""
+    one line, an --until that would stop at the preflight. A dry run (-n) records nothing, so there
+    the preflight's file is a plain input: the same jobs, planned once instead of again for every
+    waiting run once the checkpoint "passed" (about a third of planning a sweep of thousands)."""
     stuck = [name for name in UNTIL_STOPS_AT_PREFLIGHT if name in workflow.dag_settings.until]
     if stuck and workflow.is_main_process:
         refuse(
@@ -249,6 +251,8 @@ def wait_for_preflight():
             f"{stuck[0]} job (they wait on it; Snakemake issue 2824), having trained nothing; use "
             "--until aggregate (every run and the runs table) or name the runs' files as targets"
         )
+    if workflow.dryrun:
+        return [PREFLIGHT]
     checkpoints.preflight.get()  # raises IncompleteCheckpointException until the preflight passed
     return []  # the preflight's file is no input: a new one never reruns a finished run
 

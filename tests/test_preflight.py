@@ -107,8 +107,9 @@ def test_training_jobs_wait_for_the_preflight_but_a_finished_run_does_not(workfl
     out = snakemake(workflow_dir, "-n", "--configfile", "config/test.yaml", "--cores", "1").stdout
     inputs = planned_inputs(out, "train")
     assert len(inputs) == 4
-    # <TBD>: planned once the preflight checkpoint passed; the finished run (its history exists) is not
-    waiting = [line for line in inputs if "<TBD>" in line]
+    # a run still to do waits for the preflight (a dry run shows the checkpoint's file as its input);
+    # the finished run (its history exists) does not
+    waiting = [line for line in inputs if "results/preflight/train.json" in line]
     assert len(waiting) == 3
     assert len(planned_inputs(out, "preflight")) == 1
 
