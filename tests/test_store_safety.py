@@ -19,7 +19,7 @@ from pcamflow import errors, experiment
 from pcamflow.data import store as store_module
 from pcamflow.data.store import array_path, verify_store
 from pcamflow.errors import PcamflowError
-from pcamflow.io import write_json
+from pcamflow.io import file_digest, new_digest, write_json
 from pcamflow.layout import EXPERIMENT_FILE
 
 # (names new in this change are used as module attributes, so the file also runs, and fails, on the
@@ -203,3 +203,13 @@ def test_forceall_over_finished_runs_is_refused_in_one_line_and_deletes_nothing(
         )
         assert "--forcerun RULE" in errors[0] and "--config experiment=NAME" in errors[0]
         assert run_files(results) == before  # byte-identical, same mtimes
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "xxh128"])
+def test_a_file_hashed_in_chunks_while_the_disk_reads_ahead_has_its_whole_digest(tmp_path, algorithm):
+    # several chunks, the last one partial, and a read-ahead hint past the end of the file
+    data = os.urandom(10_000)
+    (tmp_path / "f").write_bytes(data)
+    whole = new_digest(algorithm)
+    whole.update(data)
+    assert file_digest(tmp_path / "f", algorithm, chunk=4096) == whole.hexdigest()

@@ -17,6 +17,7 @@ import numpy as np
 
 from pcamflow import constants
 from pcamflow.errors import PcamflowError, first_line
+from pcamflow.io import read_ahead
 
 H5_SUFFIXES = (".h5", ".hdf5")
 X_DTYPES = (np.dtype(np.uint8), np.dtype(np.float32), np.dtype(np.float64))
@@ -70,21 +71,16 @@ class RawTiles:
             yield start, block
 
     def prefetch(self, start: int, stop: int) -> None:
-        """Have the kernel read tiles [start, stop) into the page cache in the background
-        (posix_fadvise WILLNEED), so that a cold sequential read overlaps with the caller's work
-        instead of taking turns with it (the kernel's own readahead covers a few MB, a block is tens).
-        Only where the tiles lie in one contiguous run of the file (h5py's default layout);
-        elsewhere, and where the hint fails, nothing: it is a hint, the read itself checks."""
+        """Have the disk read tiles [start, stop) ahead (io.read_ahead): a block is tens of MB.
+        Only where the tiles lie in one contiguous run of the file (h5py's default layout)."""
         offset = self.x.id.get_offset()  # None for chunked, compressed or external storage
-        if start >= stop or offset is None or not hasattr(os, "posix_fadvise"):
+        if start >= stop or offset is None:
             return
         tile_bytes = self.dtype.itemsize * TILE_VALUES
         with contextlib.suppress(OSError):
             fd = os.open(self.x_path, os.O_RDONLY)
             try:
-                os.posix_fadvise(
-                    fd, offset + start * tile_bytes, (stop - start) * tile_bytes, os.POSIX_FADV_WILLNEED
-                )
+                read_ahead(fd, offset + start * tile_bytes, (stop - start) * tile_bytes)
             finally:
                 os.close(fd)
 
