@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 
@@ -11,6 +14,7 @@ from conftest import pcamflow
 from pcam_fixtures import alternating_labels, random_tiles, write_dataset, write_split
 
 from pcamflow import constants
+from pcamflow import io as io_module
 from pcamflow.data.audit import audit_split, cross_split_duplicates
 from pcamflow.data.prepare import prepare_store
 from pcamflow.data.rawdata import clean_tiles, split_paths
@@ -290,3 +294,58 @@ def test_cli_bad_option_exits_2_with_one_line_naming_the_key(tmp_path, option, v
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("pcamflow: error: ") and key in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+@pytest.fixture
+def small_buffers(monkeypatch):
+    """StreamWriter with 8 KB buffers: a few KB of data cross several of them."""
+    monkeypatch.setattr(io_module.StreamWriter, "BUFFER", 8192)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 8192, 3 * 8192 + 5])
+def test_stream_writer_writes_and_hashes_every_byte_in_order(tmp_path, small_buffers, size):
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    writer = io_module.StreamWriter(tmp_path / "f", "sha256")
+    for start in range(0, size, 3000):  # pieces that straddle the buffers
+        writer.write(data[start : start + 3000])
+    writer.write(b"")
+    assert writer.finish() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "f").read_bytes() == data  # the last buffer's padding cut off
+
+
+def test_stream_writer_writes_plainly_where_direct_io_is_refused(tmp_path, small_buffers, monkeypatch):
+    """Where O_DIRECT is refused at open (a file system without it) or by a write (an alignment it
+    wants bigger), the file is written all the same."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        pytest.skip("no O_DIRECT on this system")
+    real_open, real_write = os.open, os.write
+    refused = {"open": 0, "write": 0}
+
+    def open_without_direct(path, flags, *args):
+        if flags & direct and refused["open"] == 0:
+            refused["open"] += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    def first_direct_write_refused(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & direct and refused["write"] == 0:
+            refused["write"] += 1
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    data = bytes(range(256)) * 100
+    monkeypatch.setattr(io_module.os, "open", open_without_direct)
+    monkeypatch.setattr(io_module.os, "write", first_direct_write_refused)
+    for name in ("refused at open", "refused by a write"):
+        writer = io_module.StreamWriter(tmp_path / name, "xxh128")
+        writer.write(data)
+        digest = io_module.new_digest("xxh128")
+        digest.update(data)
+        assert writer.finish() == digest.hexdigest()
+        assert (tmp_path / name).read_bytes() == data
+    assert refused["open"] == 1
+    probe = tmp_path / "probe"
+    with contextlib.suppress(OSError):  # where this file system takes O_DIRECT, a write was refused too
+        os.close(real_open(probe, os.O_WRONLY | os.O_CREAT | direct))
+        assert refused["write"] == 1

@@ -249,3 +249,14 @@ def test_a_full_disk_in_a_workflow_job_is_one_line_and_a_failure_not_of_the_run(
         errors.disk_full_line(OSError(errno.EDQUOT, "Disk quota exceeded", "x.csv"))
         == "disk quota exceeded writing x.csv"
     )
+
+
+def test_prepare_on_a_full_disk_ends_with_one_line_naming_the_file_and_leaves_nothing(full_disk, tmp_path):
+    write_raw_dir(tmp_path / "raw", {"train": 64, "valid": 16, "test": 16})  # 2.6 MB of tiles, 200 KB of disk
+    out = full_disk / "prepared"
+    proc = pcamflow("prepare", "--raw-dir", str(tmp_path / "raw"), "--out", str(out), check=False)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith(f"pcamflow: error: no space left on device writing {full_disk}/"), last
+    assert last.endswith("train_x.npy"), last
+    assert list(full_disk.iterdir()) == []  # no store, no temporary folder
