@@ -1,4 +1,5 @@
-"""Atomic file writing: every output is written to a temporary name, then renamed."""
+"""File helpers: atomic outputs (written to a temporary name, then renamed), digests, and the
+streaming writer of large files."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def read_ahead(fd: int, offset: int, length: int) -> None:
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 8 << 20) -> str:
     """Hex digest of a file, read in chunks into one reused buffer (never whole in memory) while the
-    disk reads READ_AHEAD bytes ahead: a cold sha256 of a store takes its read time, not read plus hash."""
+    disk reads READ_AHEAD bytes ahead, so that reading a cold file and hashing it overlap."""
     digest = new_digest(algorithm)
     buffer = memoryview(bytearray(chunk))
     with open(path, "rb", buffering=0) as fh:

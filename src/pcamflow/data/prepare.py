@@ -143,7 +143,8 @@ def plan_split(
 
 class NpyStreamWriter:
     """Append blocks to a .npy file of known shape, hashing the bytes as they go (io.StreamWriter:
-    memory stays at two buffers however large the split, and the writes skip the page cache)."""
+    memory stays at two buffers however large the split; the writes skip the page cache where the
+    file system allows)."""
 
     def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype):
         self.path, self.shape, self.dtype = path, shape, np.dtype(dtype)
