@@ -266,6 +266,24 @@ def test_cli_prepares_a_store_computing_the_audits_itself(tmp_path):
     assert "train 10/12" in proc.stdout
 
 
+def test_cli_refuses_to_replace_a_store_unless_told_to(tmp_path):
+    raw_dir, _ = raw_data(tmp_path)
+    out = tmp_path / "store"
+    prepare = ("prepare", "--raw-dir", str(raw_dir), "--out", str(out))
+    pcamflow(*prepare)
+    written = {path.name: path.read_bytes() for path in out.iterdir()}
+    # other settings: a replaced store would differ, and runs trained on this one would be refused
+    proc = pcamflow(*prepare, "--keep-cross-split-duplicates", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith(f"pcamflow: error: {out}: already holds ")
+    assert "pcamflow prepare --overwrite replaces them" in proc.stderr
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == written
+    pcamflow(*prepare, "--keep-cross-split-duplicates", "--overwrite")
+    assert load_split(out, "train").index.tolist() == [0, 1, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert {path.name: path.read_bytes() for path in out.iterdir()} != written
+
+
 def test_cli_bad_input_is_one_line_and_leaves_no_store(tmp_path):
     raw_dir, _ = raw_data(tmp_path)
     missing = split_paths(raw_dir, "test")[1]

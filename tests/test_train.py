@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -295,6 +296,23 @@ def test_the_command_exits_2_with_one_line_on_a_bad_config(store, tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"pcamflow: error: run config: key 'model': 'vgg' is not one of {runconfig.run_config_schema()['properties']['model']['enum']}"
     ]
+
+
+def test_the_command_refuses_to_train_over_a_finished_run_unless_told_to(reference, store, tmp_path):
+    out = tmp_path / "by_hand"
+    shutil.copytree(reference, out)
+    finished = {name: (out / name).read_bytes() for name in rundir.RUN_FILES}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(run_config(store, epochs=1)))
+    proc = pcamflow("train", "--config", str(cfg), "--out", str(out), check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"pcamflow: error: {out}: already holds history.json, metrics.csv ... (5 files of a finished run); "
+        "refusing to overwrite them (pcamflow train --overwrite replaces them)"
+    ]
+    assert {name: (out / name).read_bytes() for name in rundir.RUN_FILES} == finished
+    pcamflow("train", "--config", str(cfg), "--out", str(out), "--overwrite")
+    assert len(json.loads((out / rundir.HISTORY).read_text())["epochs"]) == 1
 
 
 def test_learning_rate_schedules():

@@ -61,6 +61,7 @@ def _prepare(sub):
     p = sub.add_parser("prepare", help="write the clean uint8 store from raw PCAM H5 files")
     p.add_argument("--raw-dir", required=True, help="directory holding the six PCAM .h5 files")
     p.add_argument("--out", required=True, help="store directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a store already in --out")
     p.add_argument("--audit-dir", help="audits ({split}.json, cross_split.json); computed here when absent")
     p.add_argument("--block-size", type=int, help="tiles read per block (default: config schema's)")
     p.add_argument(
@@ -89,6 +90,7 @@ def _train(sub):
     p.add_argument("--config", required=True, help="run config YAML")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--state-dir", help="where resume checkpoints live (default: OUT/state)")
+    p.add_argument("--overwrite", action="store_true", help="train again over a finished run in --out")
     p.add_argument(
         "--live-dir", help="write TensorBoard scalars here while training (tensorboard --logdir watches it)"
     )

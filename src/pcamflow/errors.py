@@ -118,6 +118,18 @@ def check_output_dir(
         raise PcamflowError(f"{option} {path}: cannot write in {folder} (permission denied)")
 
 
+def refuse_to_replace(folder: str | os.PathLike, names: Sequence[str], what: str, flag: str) -> None:
+    """Refuse a folder that already holds any of the files a command would write there (they may be
+    real data, or a store finished runs were trained on); `flag` is how to replace them on purpose."""
+    present = [name for name in names if (Path(folder) / name).exists()]
+    if present:
+        listed = ", ".join(present[:2]) + (" ..." if len(present) > 2 else "")
+        raise PcamflowError(
+            f"{folder}: already holds {listed} ({len(present)} {what}); refusing to overwrite them "
+            f"({flag} replaces them)"
+        )
+
+
 _SPECIAL = {
     stat.S_IFCHR: "a character device",
     stat.S_IFBLK: "a block device",

@@ -31,8 +31,8 @@ from pcamflow.data.rawdata import (
     open_tiles,
     split_paths,
 )
-from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum
-from pcamflow.errors import PcamflowError, check_output_dir
+from pcamflow.data.store import MANIFEST_FILE, STATS_FILE, array_path, combined_checksum, store_files
+from pcamflow.errors import PcamflowError, check_output_dir, refuse_to_replace
 from pcamflow.io import StreamWriter, read_json, sha256sum, write_json
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,9 @@ class NpyStreamWriter:
 def cli_main(args) -> int:
     settings, audit_settings = _settings_from(args)
     check_output_dir(args.out, inputs=[args.raw_dir, *([args.audit_dir] if args.audit_dir else [])])
+    if not args.overwrite:  # a store may be what finished runs were trained on
+        names = [path.name for path in store_files(args.out, constants.SPLITS)]
+        refuse_to_replace(args.out, names, "store files", "pcamflow prepare --overwrite")
     raw = {split: split_paths(args.raw_dir, split) for split in constants.SPLITS}
     audits, cross = _audits_for(raw, args.audit_dir, audit_settings)
     stats = prepare_store(

@@ -29,7 +29,7 @@ from pcamflow.constants import (
 )
 from pcamflow.data.synth_faults import clean_record, plan_poison, poison_block
 from pcamflow.data.synth_tiles import SynthBlock, generate_split
-from pcamflow.errors import PcamflowError, check_output_dir
+from pcamflow.errors import PcamflowError, check_output_dir, refuse_to_replace
 from pcamflow.io import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -128,12 +128,8 @@ def write_synthetic(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise PcamflowError(f"synth workers: must be a positive integer, got {workers!r}")
     out_dir = Path(out_dir)
-    present = [name for name in synthetic_files() if (out_dir / name).exists()]
-    if present and not overwrite:
-        raise PcamflowError(
-            f"{out_dir}: already holds {', '.join(present[:2])}{' ...' if len(present) > 2 else ''} "
-            f"({len(present)} PCAM-named files); refusing to overwrite them (pcamflow synth --overwrite replaces them)"
-        )
+    if not overwrite:
+        refuse_to_replace(out_dir, synthetic_files(), "PCAM-named files", "pcamflow synth --overwrite")
     record = plan_poison(seed, sizes) if poison else clean_record(seed)
     duplicates = record["cross_split_duplicates"]
     started = time.perf_counter()

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
+from pcamflow import rundir
 from pcamflow.config import load_yaml
-from pcamflow.errors import Preempted, check_output_dir
+from pcamflow.errors import Preempted, check_output_dir, refuse_to_replace
 from pcamflow.training.loop import fit
 from pcamflow.training.runconfig import validate_run_config
 
@@ -47,6 +48,8 @@ def cli_main(args) -> int:
         folder = getattr(args, option[2:].replace("-", "_"), None)
         if folder:
             check_output_dir(folder, option, inputs=store)
+    if not args.overwrite:  # a finished run is never trained again by accident
+        refuse_to_replace(args.out, rundir.RUN_FILES, "files of a finished run", "pcamflow train --overwrite")
     try:
         summary = run_training(
             run_config, args.out, getattr(args, "state_dir", None), getattr(args, "live_dir", None)
