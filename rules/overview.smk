@@ -1,6 +1,8 @@
 # The answer first: one table of the champion, its test metrics with intervals beside the baselines,
 # the failed runs and the data audit's findings (the report's first page), and the few lines a
 # finished run prints last. Library: pcamflow.evaluation.overview. Path patterns: rules/common.smk.
+import time
+
 from pcamflow.data.store import STATS_FILE
 from pcamflow.evaluation.overview import end_of_run_message
 from pcamflow.terminal import next_command
@@ -33,6 +35,10 @@ rule overview:
 TARGETS.extend([OVERVIEW_RST, OVERVIEW_HTML, OVERVIEW_TXT])
 
 
+# when this invocation started (the Snakefile is read first): what a failed run may show is what it wrote
+STARTED = time.time()
+
+
 # The last lines of a run: the overview when it is current, else the failed runs, else nothing; then
 # the next commands, written so that they run as printed (.venv/bin/... when the venv is not active).
 onsuccess:
@@ -40,7 +46,12 @@ onsuccess:
 
 
 onerror:
-    print(end_of_run_message(OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON], next_command), end="")
+    print(
+        end_of_run_message(
+            OVERVIEW_TXT, FAILED_RUNS, [RUNS_CSV, EVALUATE_JSON], next_command, written_since=STARTED
+        ),
+        end="",
+    )
     print(
         "pcamflow: some jobs failed (their logs are named above);"
         f" `{next_command('pcamflow', 'status')}` shows the sweep"

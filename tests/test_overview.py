@@ -37,6 +37,19 @@ def test_the_end_of_run_message_shows_the_overview_only_while_it_is_current(tmp_
     assert f"snakemake --forcerun $(cat {failed})" in message
 
 
+def test_a_failed_or_interrupted_run_shows_only_what_it_wrote_itself(tmp_path):
+    """After Ctrl-C in a run of a grown grid, the last run's overview ("the sweep is done") is stale."""
+    txt, failed, runs = tmp_path / "overview.txt", tmp_path / "failed_runs.txt", tmp_path / "runs.csv"
+    runs.write_text("x")
+    txt.write_text("pcamflow: the sweep is done.\n")
+    failed.write_text("results/runs/model~mlp/lr~1/seed~1/run.json\n")
+    for path in (runs, txt, failed):
+        os.utime(path, (100, 100))
+    assert overview.end_of_run_message(txt, failed, [runs], written_since=101) == ""
+    message = overview.end_of_run_message(txt, failed, [runs], written_since=100)  # written by this run
+    assert message.startswith("pcamflow: the sweep is done.\n")
+
+
 # ---- the first page tells the course journal's story: what the audit found, what prepare dropped ----
 
 

@@ -375,14 +375,20 @@ def write_overview(
 
 
 def end_of_run_message(
-    overview_txt: str | os.PathLike, failed_list: str | os.PathLike, inputs: Sequence, command=None
+    overview_txt: str | os.PathLike,
+    failed_list: str | os.PathLike,
+    inputs: Sequence,
+    command=None,
+    written_since: float = 0.0,
 ) -> str:
     """What a finished Snakemake run prints last: overview.txt when it is current (not older than the
     summaries it was made from), else the failed runs the aggregation found, else nothing; then the
-    next commands, as `command(name, *args)` writes them (see next_commands)."""
+    next commands, as `command(name, *args)` writes them (see next_commands). A run that failed or
+    was interrupted passes its start time as written_since: an overview or list from an earlier run
+    describes that run's sweep, not this one (a grown grid, say), so it is not shown."""
     overview_txt, failed_list = Path(overview_txt), Path(failed_list)
-    failed = failed_list.read_text().split() if _current(failed_list, []) else []
-    if _current(overview_txt, inputs):
+    failed = failed_list.read_text().split() if _current(failed_list, [], written_since) else []
+    if _current(overview_txt, inputs, written_since):
         text = overview_txt.read_text().rstrip("\n")
     elif failed:
         listed = "\n".join(f"             {path}" for path in failed[:MAX_LISTED_FAILURES])
@@ -392,8 +398,10 @@ def end_of_run_message(
     return "\n".join([text, *next_commands(failed_list, bool(failed), command), ""])
 
 
-def _current(path: Path, inputs: Sequence) -> bool:
+def _current(path: Path, inputs: Sequence, written_since: float) -> bool:
     if not path.exists():
         return False
     mtime = path.stat().st_mtime
-    return all(not Path(p).exists() or Path(p).stat().st_mtime <= mtime for p in inputs)
+    return mtime >= written_since and all(
+        not Path(p).exists() or Path(p).stat().st_mtime <= mtime for p in inputs
+    )
